@@ -1,0 +1,451 @@
+"""Pareto fronts, hypervolume and knee points: plain arrays in, plain data out.
+
+Conventions shared by every function here:
+
+* ``values`` is an ``(n, m)`` array: n points, m objectives (lists of lists are fine).
+* ``directions`` gives one ``"min"`` or ``"max"`` per column (an `Objective`, or Optuna's
+  ``"minimize"``/``"maximize"``, is accepted too). Internally every column becomes a *loss*
+  (lower is better) by negating the ``max`` columns.
+* NaN counts as the worst possible value (+inf loss), so a broken measurement can never
+  land on a front by accident.
+* Dominance is Optuna's: ``a`` dominates ``b`` when it is no worse in every objective and
+  better in at least one. Equal points do not dominate each other and share a front.
+* Indices returned are positions in ``values``; within a front they are ascending.
+
+No Optuna, no torch: the service and the plots call this on data read from the store.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from nas.errors import ConfigError
+
+Direction = Literal["min", "max"]
+_DIRECTION_ALIASES = {"min": "min", "minimize": "min", "max": "max", "maximize": "max"}
+# Rows compared at once in the O(m n^2) paths: bounds temporary memory to ~32 MB.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A named metric and whether lower (``min``) or higher (``max``) is better."""
+
+    metric: str
+    direction: Direction = "min"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric.strip():
+            raise ConfigError(f"objective metric={self.metric!r} must be a non-empty string",
+                              field="objectives", value=self.metric)
+        direction = (_DIRECTION_ALIASES.get(self.direction.lower())
+                     if isinstance(self.direction, str) else None)
+        if direction is None:
+            raise ConfigError(f"objectives.{self.metric}={self.direction!r} must be 'min' or 'max'",
+                              field=f"objectives.{self.metric}", value=self.direction)
+        object.__setattr__(self, "direction", direction)
+
+    @classmethod
+    def parse(cls, spec: Any) -> Objective:
+        """From ``"val_loss:min"``, ``{"val_loss": "min"}``, ``{"metric":..., "direction":...}``,
+        a ``(metric, direction)`` pair or an `Objective`.
+
+        The direction is split off the *last* colon, so ``"latency:cpu-1t:decode_ms:min"`` works.
+        """
+        if isinstance(spec, Objective):
+            return spec
+        if isinstance(spec, str):
+            metric, sep, direction = spec.rpartition(":")
+            if not sep or direction.lower() not in _DIRECTION_ALIASES:
+                raise ConfigError(f"objective={spec!r} must look like 'metric:min' or 'metric:max'",
+                                  field="objectives", value=spec)
+            return cls(metric, direction)  # type: ignore[arg-type]
+        if isinstance(spec, Mapping):
+            if set(spec) == {"metric", "direction"}:
+                return cls(spec["metric"], spec["direction"])
+            if len(spec) == 1:
+                ((metric, direction),) = spec.items()
+                return cls(metric, direction)
+        if isinstance(spec, (tuple, list)) and len(spec) == 2:
+            return cls(spec[0], spec[1])
+        raise ConfigError(f"objective={spec!r} must be 'metric:min|max' or {{metric: min|max}}",
+                          field="objectives", value=spec)
+
+    @property
+    def sign(self) -> float:
+        """Multiplier that turns the metric into a loss (lower is better)."""
+        return 1.0 if self.direction == "min" else -1.0
+
+    @property
+    def optuna_direction(self) -> str:
+        return "minimize" if self.direction == "min" else "maximize"
+
+    def __str__(self) -> str:
+        return f"{self.metric}:{self.direction}"
+
+
+DirectionsLike = Sequence["str | Objective"]
+
+
+class ParetoSummary(NamedTuple):
+    """What a page or report shows about one set of points."""
+
+    front: list[int]  # indices of the feasible non-dominated points, ascending
+    hypervolume: float  # of the front, w.r.t. ``reference``; 0.0 without feasible points
+    reference: tuple[float, ...] | None  # in the metrics' own units and directions
+    knee: int | None  # index of the knee point (see `knee_point`), None if the front is empty
+
+
+# ----- input normalisation ---------------------------------------------------------------
+def _signs(directions: DirectionsLike) -> np.ndarray:
+    signs = []
+    for d in directions:
+        if isinstance(d, Objective):
+            signs.append(d.sign)
+            continue
+        key = _DIRECTION_ALIASES.get(d.lower()) if isinstance(d, str) else None
+        if key is None:
+            raise ConfigError(f"direction={d!r} must be 'min' or 'max'", field="directions", value=d)
+        signs.append(1.0 if key == "min" else -1.0)
+    if not signs:
+        raise ValueError("at least one objective direction is needed")
+    return np.asarray(signs, dtype=float)
+
+
+def _loss(values: Any, directions: DirectionsLike) -> np.ndarray:
+    """``values`` as an (n, m) float array where lower is better and NaN is +inf."""
+    signs = _signs(directions)
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        arr = arr.reshape(0, len(signs))
+    if arr.ndim != 2 or arr.shape[1] != len(signs):
+        raise ValueError(f"values has shape {arr.shape}; expected (n, {len(signs)}) for "
+                         f"{len(signs)} directions")
+    loss = arr * signs
+    loss[np.isnan(loss)] = np.inf
+    return loss
+
+
+def _feasibility(n: int, feasible: Any, violation: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    viol = None
+    if violation is not None:
+        viol = np.asarray(violation, dtype=float).reshape(-1)
+        if viol.shape != (n,):
+            raise ValueError(f"violation has {viol.shape[0]} entries for {n} points")
+        viol = np.where(np.isnan(viol), np.inf, viol)
+    if feasible is not None:
+        feas = np.asarray(feasible, dtype=bool).reshape(-1)
+        if feas.shape != (n,):
+            raise ValueError(f"feasible has {feas.shape[0]} entries for {n} points")
+    elif viol is not None:
+        feas = viol <= 0
+    else:
+        feas = np.ones(n, dtype=bool)
+    return feas, viol
+
+
+def total_violation(constraints: Any) -> np.ndarray:
+    """Per row, the sum of the positive constraint values (Optuna's penalty; <= 0 is feasible).
+
+    ``constraints`` is ``(n, k)`` in Optuna's convention (a value <= 0 means satisfied); NaN
+    counts as an infinite violation.
+    """
+    c = np.asarray(constraints, dtype=float)
+    if c.ndim == 1:
+        c = c.reshape(-1, 1)
+    c = np.where(np.isnan(c), np.inf, c)
+    return np.clip(c, 0.0, None).sum(axis=1)
+
+
+def dominates(a: Sequence[float], b: Sequence[float], directions: DirectionsLike) -> bool:
+    """Whether point ``a`` dominates point ``b``."""
+    la, lb = _loss([a], directions)[0], _loss([b], directions)[0]
+    return bool(np.all(la <= lb) and np.any(la < lb))
+
+
+# ----- non-dominated sorting -------------------------------------------------------------
+def _fronts_1d(loss: np.ndarray) -> list[np.ndarray]:
+    _, inverse = np.unique(loss[:, 0], return_inverse=True)
+    return _group_by_rank(inverse.reshape(-1))
+
+
+def _fronts_2d(loss: np.ndarray) -> list[np.ndarray]:
+    """O(n log n): lexicographic sort, then place each point with a binary search.
+
+    Points are visited by (f1, f2). For an earlier point q and the current p (so q.f1 <= p.f1),
+    q dominates p exactly when (q.f2, q.f1) < (p.f2, p.f1) as tuples. The last point placed in
+    each front has that front's smallest such key, and those keys increase from front to front,
+    so the front of p is the first one whose key is not below p's: `bisect_left`.
+    """
+    n = loss.shape[0]
+    order = np.lexsort((loss[:, 1], loss[:, 0]))
+    tails: list[tuple[float, float]] = []
+    ranks = np.empty(n, dtype=np.int64)
+    sorted_rank = []
+    for f1, f2 in zip(loss[order, 0].tolist(), loss[order, 1].tolist()):
+        key = (f2, f1)
+        k = bisect.bisect_left(tails, key)
+        if k == len(tails):
+            tails.append(key)
+        else:
+            tails[k] = key
+        sorted_rank.append(k)
+    ranks[order] = sorted_rank
+    return _group_by_rank(ranks)
+
+
+def _dominance_matrix(loss: np.ndarray) -> np.ndarray:
+    """``D[i, j]``: point i dominates point j. O(m n^2) time, n^2 bytes."""
+    n, m = loss.shape
+    dom = np.empty((n, n), dtype=bool)
+    step = max(1, _CHUNK_ELEMENTS // max(1, n * m))
+    for start in range(0, n, step):
+        block = loss[start:start + step, None, :]
+        dom[start:start + step] = (np.all(block <= loss[None], axis=2)
+                                   & np.any(block < loss[None], axis=2))
+    return dom
+
+
+def _fronts_nd(loss: np.ndarray) -> list[np.ndarray]:
+    """Deb's fast non-dominated sort, vectorised: count dominators, peel zero-count points."""
+    dom = _dominance_matrix(loss)
+    count = dom.sum(axis=0)
+    fronts = []
+    current = np.flatnonzero(count == 0)
+    while current.size:
+        fronts.append(current)
+        # Earlier fronts are never dominated by later points, so -1 never returns to 0.
+        count[current] = -1
+        count -= dom[current].sum(axis=0)
+        current = np.flatnonzero(count == 0)
+    return fronts
+
+
+def _group_by_rank(ranks: np.ndarray) -> list[np.ndarray]:
+    order = np.argsort(ranks, kind="stable")
+    counts = np.bincount(ranks)
+    return [part for part in np.split(order, np.cumsum(counts)[:-1]) if part.size]
+
+
+def _fronts(loss: np.ndarray) -> list[np.ndarray]:
+    if loss.shape[0] == 0:
+        return []
+    m = loss.shape[1]
+    if m == 1:
+        return _fronts_1d(loss)
+    if m == 2:
+        return _fronts_2d(loss)
+    return _fronts_nd(loss)
+
+
+def _first_front_mask(loss: np.ndarray) -> np.ndarray:
+    """Non-dominated points of ``loss`` (duplicates of a front point are on it too)."""
+    n, m = loss.shape
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    if m <= 2:
+        mask = np.zeros(n, dtype=bool)
+        mask[_fronts(loss)[0]] = True
+        return mask
+    dominated = np.zeros(n, dtype=bool)
+    step = max(1, _CHUNK_ELEMENTS // max(1, n * m))
+    for start in range(0, n, step):  # chunk over the dominated side: no n x n matrix
+        block = loss[None, start:start + step, :]
+        dominated[start:start + step] = np.any(
+            np.all(loss[:, None, :] <= block, axis=2) & np.any(loss[:, None, :] < block, axis=2),
+            axis=0)
+    return ~dominated
+
+
+def non_dominated_sort(values: Any, directions: DirectionsLike, feasible: Any = None,
+                       violation: Any = None) -> list[list[int]]:
+    """All fronts, best first, as lists of indices into ``values``.
+
+    Feasible points are always ranked before infeasible ones. ``feasible`` (bool per point)
+    wins when given; otherwise ``violation <= 0`` decides, and with neither every point is
+    feasible. Infeasible points come after all feasible fronts: grouped by equal total
+    ``violation``, smallest first (Optuna's constrained ranking), or, without ``violation``,
+    non-dominated-sorted among themselves by their objectives.
+
+    Time: one objective O(n log n); two objectives O(n log n) (sort and sweep); three or more
+    O(m n^2) with an n x n boolean matrix.
+    """
+    loss = _loss(values, directions)
+    feas, viol = _feasibility(loss.shape[0], feasible, violation)
+    idx_f = np.flatnonzero(feas)
+    idx_i = np.flatnonzero(~feas)
+    fronts = [idx_f[f] for f in _fronts(loss[idx_f])]
+    if idx_i.size:
+        if viol is not None:
+            _, inverse = np.unique(viol[idx_i], return_inverse=True)
+            groups = _group_by_rank(inverse.reshape(-1))
+        else:
+            groups = _fronts(loss[idx_i])
+        fronts += [idx_i[g] for g in groups]
+    return [sorted(int(i) for i in f) for f in fronts]
+
+
+def pareto_front(values: Any, directions: DirectionsLike, feasible: Any = None,
+                 violation: Any = None) -> list[int]:
+    """Indices of the feasible non-dominated points; ``[]`` when no point is feasible
+    (as Optuna's ``study.best_trials``)."""
+    loss = _loss(values, directions)
+    feas, _ = _feasibility(loss.shape[0], feasible, violation)
+    idx = np.flatnonzero(feas)
+    return [int(i) for i in idx[_first_front_mask(loss[idx])]]
+
+
+# ----- hypervolume -----------------------------------------------------------------------
+def _hv2d(points: np.ndarray, ref: np.ndarray) -> float:
+    """Area dominated by ``points`` (all strictly inside ``ref``), dominated ones allowed."""
+    order = np.lexsort((points[:, 1], points[:, 0]))
+    x = points[order, 0]
+    y = np.minimum.accumulate(points[order, 1])  # covered from y up to ref[1] on [x_i, x_i+1)
+    x_next = np.append(x[1:], ref[0])
+    return float(np.dot(x_next - x, ref[1] - y))
+
+
+def _hv(points: np.ndarray, ref: np.ndarray) -> float:
+    """Exact hypervolume by slicing (HSO): sweep the last objective; each slab between
+    consecutive values is a prism over the (m-1)-D hypervolume of the points below it."""
+    m = points.shape[1]
+    if points.shape[0] == 0:
+        return 0.0
+    if m == 1:
+        return float(ref[0] - points[:, 0].min())
+    if m == 2:
+        return _hv2d(points, ref)
+    points = points[np.argsort(points[:, -1], kind="stable")]
+    z = points[:, -1]
+    widths = np.append(z[1:], ref[-1]) - z
+    total = 0.0
+    for i in np.flatnonzero(widths > 0):
+        prefix = points[:i + 1, :-1]
+        if m > 3:  # pruning dominated points keeps the deeper recursion small
+            prefix = np.unique(prefix[_first_front_mask(prefix)], axis=0)
+        total += float(widths[i]) * _hv(prefix, ref[:-1])
+    return total
+
+
+def hypervolume(values: Any, directions: DirectionsLike, reference: Sequence[float]) -> float:
+    """Exact volume of objective space dominated by ``values`` and bounded by ``reference``.
+
+    ``reference`` is in the metrics' own units and directions (e.g. the *largest* latency and
+    the *smallest* accuracy worth counting). Points not strictly better than the reference in
+    every objective contribute nothing. Two objectives: O(n log n) sweep; three: O(n^2 log n)
+    slicing; more: recursive slicing over the non-dominated points (fine for fronts of a few
+    hundred points).
+    """
+    signs = _signs(directions)
+    ref = np.asarray(reference, dtype=float).reshape(-1)
+    if ref.shape != signs.shape:
+        raise ValueError(f"reference has {ref.size} values for {signs.size} objectives")
+    if not np.all(np.isfinite(ref)):
+        raise ValueError(f"reference={ref.tolist()} must be finite")
+    ref = ref * signs
+    loss = _loss(values, directions)
+    inside = loss[np.all(loss < ref, axis=1)]
+    if inside.shape[0] == 0:
+        return 0.0
+    front = np.unique(inside[_first_front_mask(inside)], axis=0)
+    return _hv(front, ref)
+
+
+def hypervolume_history(values: Any, directions: DirectionsLike, reference: Sequence[float],
+                        feasible: Any = None, violation: Any = None) -> list[float]:
+    """Hypervolume of the feasible points among the first k, for k = 1..n (in the given order,
+    e.g. trial number): how the front grew. Recomputed only when a point enlarges the front."""
+    loss = _loss(values, directions)
+    feas, _ = _feasibility(loss.shape[0], feasible, violation)
+    signs = _signs(directions)
+    ref = np.asarray(reference, dtype=float).reshape(-1) * signs
+    history: list[float] = []
+    front = np.empty((0, loss.shape[1]))
+    current = 0.0
+    for k in range(loss.shape[0]):
+        p = loss[k]
+        if feas[k] and np.all(p < ref) and not np.any(np.all(front <= p, axis=1)):
+            keep = ~np.all(p <= front, axis=1)  # drop points the newcomer weakly dominates
+            front = np.vstack([front[keep], p])
+            current = _hv(front, ref)
+        history.append(current)
+    return history
+
+
+def reference_point(values: Any, directions: DirectionsLike, margin: float = 0.1) -> np.ndarray:
+    """The nadir (worst value per objective) of the finite rows of ``values``, pushed outwards
+    by ``margin`` times that objective's range, so that every given point counts.
+
+    When an objective has zero range the push is ``margin * |nadir|`` (or ``margin`` when the
+    nadir is 0). The result is in the metrics' own units and directions. A search computes it
+    once (from its first feasible results) and keeps it, so hypervolumes over time compare.
+    """
+    if margin < 0:
+        raise ValueError(f"margin={margin} must be >= 0")
+    signs = _signs(directions)
+    loss = _loss(values, directions)
+    loss = loss[np.all(np.isfinite(loss), axis=1)]
+    if loss.shape[0] == 0:
+        raise ValueError("reference_point needs at least one point with finite values")
+    nadir = loss.max(axis=0)
+    span = nadir - loss.min(axis=0)
+    flat = np.where(nadir != 0, np.abs(nadir), 1.0)
+    push = margin * np.where(span > 0, span, flat)
+    return (nadir + push) * signs
+
+
+def knee_point(values: Any, directions: DirectionsLike, feasible: Any = None,
+               violation: Any = None) -> int:
+    """Index of the knee of the feasible front: the best compromise.
+
+    The front is min-max normalised per objective (lower is better, 0 = best on the front).
+    Two objectives: the point farthest from the chord through the two extremes, on the
+    utopia side (after normalisation the chord is x + y = 1, so this is the smallest x + y).
+    Three or more: the point closest (Euclidean) to the utopia point (all zeros). One
+    objective: the best point. Ties go to the point nearer utopia, then the lower index.
+    """
+    loss = _loss(values, directions)
+    front = pareto_front(values, directions, feasible, violation)
+    if not front:
+        raise ValueError("knee_point needs at least one feasible point")
+    pts = loss[front]
+    if not np.all(np.isfinite(pts)):
+        finite = np.all(np.isfinite(pts), axis=1)
+        if finite.any():
+            front = [i for i, ok in zip(front, finite) if ok]
+            pts = pts[finite]
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    span = hi - lo
+    norm = np.where(span > 0, (pts - lo) / np.where(span > 0, span, 1.0), 0.0)
+    utopia_dist = np.sqrt((norm ** 2).sum(axis=1))
+    primary = norm.sum(axis=1) if pts.shape[1] == 2 else utopia_dist
+    best = np.lexsort((np.arange(len(front)), utopia_dist, primary))[0]
+    return int(front[best])
+
+
+def summarize(values: Any, directions: DirectionsLike, feasible: Any = None,
+              reference: Sequence[float] | None = None, violation: Any = None,
+              margin: float = 0.1) -> ParetoSummary:
+    """Front, hypervolume, reference and knee in one call.
+
+    Without ``reference`` one is derived from the feasible points with `reference_point`;
+    pass the search's recorded reference to compare hypervolumes over time.
+    """
+    loss = _loss(values, directions)
+    feas, _ = _feasibility(loss.shape[0], feasible, violation)
+    front = pareto_front(values, directions, feas)
+    if reference is None:
+        finite = feas & np.all(np.isfinite(loss), axis=1)
+        if not finite.any():
+            return ParetoSummary(front, 0.0, None, knee_point(values, directions, feas)
+                                 if front else None)
+        reference = tuple(reference_point(np.asarray(values, dtype=float)[finite], directions,
+                                          margin).tolist())
+    ref = tuple(float(r) for r in reference)
+    hv = hypervolume(np.asarray(values, dtype=float)[front] if front else [], directions, ref)
+    knee = knee_point(values, directions, feas) if front else None
+    return ParetoSummary(front, hv, ref, knee)
