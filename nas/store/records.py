@@ -1,0 +1,88 @@
+"""What the store hands out: plain frozen dataclasses, never ORM rows.
+
+Readers (the service, reports, export) hold these after the session that produced them
+is closed, so nothing lazy-loads behind their back and nothing is shared between threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from nas.architecture import Architecture
+from nas.results import ProfileLatency
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRecord:
+    """A search as started: its inputs, budget and where it stands."""
+
+    id: int
+    name: str
+    space: dict[str, Any]  # snapshot of the search space
+    space_hash: str
+    profiles: tuple[dict[str, Any], ...]  # hardware profile dicts
+    objectives: tuple[tuple[str, str], ...]  # (metric, "minimize" | "maximize")
+    constraints: tuple[str, ...]
+    data: dict[str, Any]  # DataSpec.to_dict()
+    budget: dict[str, Any]  # ProxyBudget.to_dict()
+    trials: int  # trials budget
+    status: str  # running | stopping (stop requested) | stopped | finished | failed
+    study_name: str  # the Optuna study in the same database
+    reference_point: tuple[float, ...] | None  # hypervolume reference, fixed once
+    error: str
+    created_at: datetime  # all timestamps are aware, UTC
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime  # last write to the search or any of its candidates
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSummary:
+    """One line of `Store.list_searches`: counts and the latest Pareto snapshot."""
+
+    name: str
+    status: str
+    trials: int
+    n_complete: int
+    n_failed: int
+    n_pruned: int
+    n_running: int
+    front_size: int  # 0 before the first snapshot
+    hypervolume: float | None  # None before the first snapshot
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateRecord:
+    """One trial of a search with everything it produced (weights excepted: `Store.weights`)."""
+
+    id: int
+    search: str  # search name
+    trial_number: int
+    architecture: Architecture
+    arch_hash: str
+    state: str  # running | complete | failed | pruned
+    error: str
+    attempts: int  # > 1 when the trial was re-run after a crash
+    metrics: dict[str, float]
+    latencies: tuple[ProfileLatency, ...]
+    proxy: dict[str, Any]  # ProxyResult as JSON ({} when there is none)
+    timings: dict[str, float]  # seconds: train, export, latency, total
+    node: str
+    started_at: datetime
+    finished_at: datetime | None
+    has_weights: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """The Pareto front after ``n_complete`` finished candidates."""
+
+    n_complete: int
+    hypervolume: float | None  # None before the reference point was fixed
+    front_ids: tuple[int, ...]  # candidate ids
+    created_at: datetime

@@ -1,0 +1,509 @@
+"""`Store`: the repository over the search database.
+
+One writer (the search driver) and any number of concurrent readers (``nas serve``,
+reports, export, optuna-dashboard). Every method is one transaction; every write is
+idempotent, so `retrying` may re-run it after a lost connection without duplicating rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, delete, func, insert, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from nas.architecture import Architecture
+from nas.errors import NotFoundError, StoreError
+from nas.results import CandidateResult, LatencyStats, ProfileLatency, to_jsonable
+from nas.store import engine as _engine
+from nas.store import migrate
+from nas.store.engine import retrying
+from nas.store.records import CandidateRecord, SearchRecord, SearchSummary, SnapshotRecord
+from nas.store.tables import (
+    CANDIDATE_STATES,
+    SEARCH_STATUSES,
+    Candidate,
+    Latency,
+    Metric,
+    ParetoSnapshot,
+    Search,
+    Weights,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+FINISHED_STATES = ("complete", "failed", "pruned")
+_NAMES_SHOWN = 20  # existing search names listed in a NotFoundError
+
+
+class Store:
+    """The search database at ``url`` (default ``sqlite:///nas.db``), upgraded to head on open.
+
+    Raises StoreError naming the URL (password masked) when the database cannot be
+    opened or its schema is newer than this code.
+    """
+
+    def __init__(self, url: str = _engine.DEFAULT_URL, *, retry_attempts: int = 5,
+                 retry_backoff_s: float = 0.5) -> None:
+        self.retry_attempts = retry_attempts  # 5 attempts, 0.5 s doubling: ~7.5 s of outage
+        self.retry_backoff_s = retry_backoff_s
+        self._url = _engine.parse_url(url)
+        self.engine = _engine.create_store_engine(self._url)
+        try:
+            migrate.upgrade(self.engine, self.describe_url())
+        except DBAPIError as err:
+            self.engine.dispose()
+            raise StoreError(f"cannot open database {self.describe_url()!r}: "
+                             f"{_engine.reason(err)}") from err
+        except BaseException:
+            self.engine.dispose()
+            raise
+        self._writer = self.engine.execution_options(**{_engine.WRITE: True})
+        # Reads span several queries (candidates, then their metrics...): on PostgreSQL
+        # they must see one snapshot. SQLite transactions are snapshots already.
+        self._reader = (self.engine.execution_options(isolation_level="REPEATABLE READ")
+                        if self.engine.dialect.name == "postgresql" else self.engine)
+
+    # ----- plumbing ---------------------------------------------------------------------
+    def describe_url(self) -> str:
+        """The URL with its password masked, for messages and logs."""
+        return _engine.describe(self._url)
+
+    def __repr__(self) -> str:
+        return f"Store({self.describe_url()!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self._reader) as session:
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self._writer) as session, session.begin():
+            yield session
+
+    def optuna_storage(self) -> optuna.storages.RDBStorage:
+        """Optuna's storage on the same database, so optuna-dashboard sees the study."""
+        import optuna
+
+        if _engine.is_memory(self._url):
+            raise StoreError("an in-memory SQLite database cannot be shared with Optuna; "
+                             "use a file (sqlite:///nas.db)")
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if _engine.is_sqlite(self._url):
+            # WAL is a property of the file (set by our engine); the busy timeout is per connection.
+            kwargs["connect_args"] = {"timeout": _engine.BUSY_TIMEOUT_S}
+        return optuna.storages.RDBStorage(self._url.render_as_string(hide_password=False),
+                                          engine_kwargs=kwargs)
+
+    # ----- searches ---------------------------------------------------------------------
+    @retrying
+    def create_search(self, name: str, *, space: dict[str, Any], space_hash: str,
+                      profiles: Sequence[dict[str, Any]], objectives: Sequence[tuple[str, str]],
+                      constraints: Sequence[str], data: dict[str, Any], budget: dict[str, Any],
+                      trials: int, study_name: str) -> SearchRecord:
+        """Create a running search; if it exists with the same space and study, return it.
+
+        Returning the existing one makes a retried create harmless; a different space or
+        study under the same name is a StoreError (the driver checks `find_search` first).
+        """
+        now = utcnow()
+        with self._write() as session:
+            row = session.scalar(select(Search).where(Search.name == name))
+            if row is not None:
+                if row.space_hash != space_hash or row.study_name != study_name:
+                    raise StoreError(
+                        f"search {name!r} already exists with another space or study "
+                        f"(space hash {row.space_hash} vs {space_hash}, study {row.study_name!r} "
+                        f"vs {study_name!r})")
+                return _search_record(row)
+            row = Search(name=name, space=dict(space), space_hash=space_hash,
+                         profiles=[dict(p) for p in profiles],
+                         objectives=[[metric, direction] for metric, direction in objectives],
+                         constraints=list(constraints), data=dict(data), budget=dict(budget),
+                         trials=trials, status="running", study_name=study_name,
+                         reference_point=None, error="", created_at=now, started_at=now,
+                         finished_at=None, updated_at=now)
+            session.add(row)
+            session.flush()
+            return _search_record(row)
+
+    @retrying
+    def find_search(self, name: str) -> SearchRecord | None:
+        with self._read() as session:
+            row = session.scalar(select(Search).where(Search.name == name))
+            return None if row is None else _search_record(row)
+
+    @retrying
+    def get_search(self, name: str) -> SearchRecord:
+        """The search called ``name``; NotFoundError listing the existing names otherwise."""
+        with self._read() as session:
+            return _search_record(_search_row(session, name))
+
+    @retrying
+    def list_searches(self) -> list[SearchSummary]:
+        """All searches, oldest first; three queries whatever the number of searches."""
+        with self._read() as session:
+            searches = session.execute(
+                select(Search.id, Search.name, Search.status, Search.trials, Search.created_at,
+                       Search.updated_at, Search.finished_at).order_by(Search.created_at, Search.id)
+            ).all()
+            counts: dict[int, dict[str, int]] = defaultdict(dict)
+            for search_id, state, n in session.execute(
+                    select(Candidate.search_id, Candidate.state, func.count())
+                    .group_by(Candidate.search_id, Candidate.state)):
+                counts[search_id][state] = n
+            latest = (select(ParetoSnapshot.search_id,
+                             func.max(ParetoSnapshot.n_complete).label("n_complete"))
+                      .group_by(ParetoSnapshot.search_id).subquery())
+            fronts = {
+                search_id: (hypervolume, front) for search_id, hypervolume, front in session.execute(
+                    select(ParetoSnapshot.search_id, ParetoSnapshot.hypervolume, ParetoSnapshot.front)
+                    .join(latest, (ParetoSnapshot.search_id == latest.c.search_id)
+                          & (ParetoSnapshot.n_complete == latest.c.n_complete)))
+            }
+        summaries = []
+        for row in searches:
+            by_state = counts.get(row.id, {})
+            hypervolume, front = fronts.get(row.id, (None, []))
+            summaries.append(SearchSummary(
+                name=row.name, status=row.status, trials=row.trials,
+                n_complete=by_state.get("complete", 0), n_failed=by_state.get("failed", 0),
+                n_pruned=by_state.get("pruned", 0), n_running=by_state.get("running", 0),
+                front_size=len(front), hypervolume=hypervolume, created_at=row.created_at,
+                updated_at=row.updated_at, finished_at=row.finished_at))
+        return summaries
+
+    @retrying
+    def set_status(self, name: str, status: str, error: str = "") -> None:
+        """running clears the finish time and error; stopped/finished/failed set the finish time."""
+        if status not in SEARCH_STATUSES:
+            raise ValueError(f"status={status!r} must be one of {', '.join(SEARCH_STATUSES)}")
+        now = utcnow()
+        with self._write() as session:
+            row = _search_row(session, name)
+            row.status, row.error, row.updated_at = status, error, now
+            if status in ("running", "stopping"):
+                row.started_at = row.started_at or now
+                row.finished_at = None
+            else:
+                row.finished_at = now
+
+    @retrying
+    def update_search(self, name: str, *, trials: int | None = None,
+                      reference_point: Sequence[float] | None = None) -> SearchRecord:
+        """Change the trials budget (a resumed search may extend it) or record the reference point."""
+        with self._write() as session:
+            row = _search_row(session, name)
+            if trials is not None:
+                row.trials = trials
+            if reference_point is not None:
+                row.reference_point = [float(v) for v in reference_point]
+            row.updated_at = utcnow()
+            session.flush()
+            return _search_record(row)
+
+    # ----- candidates: writes -------------------------------------------------------------
+    @retrying
+    def start_candidate(self, search: str, trial_number: int, architecture: Architecture) -> int:
+        """Record a trial as running and return the candidate id.
+
+        A trial that re-runs after a crash keeps its row (and id): it is reset to running,
+        anything partial is removed and ``attempts`` goes up. A complete trial is never
+        reset (StoreError): its result is reused, not recomputed. A retry of this call
+        after a lost commit acknowledgement counts one attempt too many; nothing else.
+        """
+        now = utcnow()
+        with self._write() as session:
+            search_row = _search_row(session, search)
+            row = _candidate_row(session, search_row.id, trial_number)
+            if row is None:
+                row = Candidate(search_id=search_row.id, trial_number=trial_number, attempts=1)
+                session.add(row)
+            elif row.state == "complete":
+                raise StoreError(f"search {search!r} trial {trial_number} is already complete "
+                                 f"(candidate {row.id}); refusing to run it again")
+            else:
+                row.attempts += 1
+                _delete_results(session, row.id)
+            row.architecture, row.arch_hash = architecture.to_dict(), architecture.hash
+            row.state, row.error, row.timings, row.proxy, row.node = "running", "", {}, None, ""
+            row.started_at, row.finished_at = now, None
+            search_row.updated_at = now
+            session.flush()
+            return row.id
+
+    @retrying
+    def finish_candidate(self, search: str, trial_number: int,
+                         result: CandidateResult) -> CandidateRecord:
+        """Write everything a trial produced in one transaction; repeating it changes nothing.
+
+        The candidate row is created if `start_candidate` was skipped (e.g. a candidate
+        pruned before training). Metrics, latencies and weights replace what was stored.
+        """
+        if result.state not in FINISHED_STATES:
+            raise ValueError(f"state={result.state!r} must be one of {', '.join(FINISHED_STATES)}")
+        now = utcnow()
+        arch = result.architecture
+        with self._write() as session:
+            search_row = _search_row(session, search)
+            row = _candidate_row(session, search_row.id, trial_number)
+            if row is None:
+                row = Candidate(search_id=search_row.id, trial_number=trial_number, attempts=1,
+                                started_at=now)
+                session.add(row)
+            row.architecture, row.arch_hash = arch.to_dict(), arch.hash
+            row.state, row.error, row.node = result.state, result.error, result.node
+            row.timings = {k: float(v) for k, v in result.timings.items()}
+            row.proxy = None if result.proxy is None else to_jsonable(result.proxy)
+            row.finished_at = now
+            search_row.updated_at = now
+            session.flush()
+            _delete_results(session, row.id)
+            if result.metrics:
+                session.execute(insert(Metric), [
+                    {"candidate_id": row.id, "name": name, "value": float(value)}
+                    for name, value in result.metrics.items()])
+            if result.latencies:
+                session.execute(insert(Latency), [
+                    _latency_values(row.id, arch.hash, lat, now) for lat in result.latencies])
+            if result.weights is not None:
+                session.execute(insert(Weights), [{
+                    "candidate_id": row.id, "format": "safetensors", "size": len(result.weights),
+                    "data": result.weights, "created_at": now}])
+            return _load_candidates(session, Candidate.id == row.id)[0]
+
+    @retrying
+    def fail_candidate(self, search: str, trial_number: int, error: str,
+                       state: str = "failed") -> None:
+        """Mark a started trial failed (or pruned) with its error; a complete one is refused."""
+        if state not in ("failed", "pruned"):
+            raise ValueError(f"state={state!r} must be 'failed' or 'pruned'")
+        now = utcnow()
+        with self._write() as session:
+            search_row = _search_row(session, search)
+            row = _candidate_row(session, search_row.id, trial_number)
+            if row is None:
+                raise NotFoundError(f"search {search!r} has no trial {trial_number}")
+            if row.state == "complete":
+                raise StoreError(f"search {search!r} trial {trial_number} is complete "
+                                 f"(candidate {row.id}); refusing to mark it {state}")
+            row.state, row.error, row.finished_at = state, error, now
+            search_row.updated_at = now
+
+    @retrying
+    def add_pareto_snapshot(self, search: str, n_complete: int, hypervolume: float | None,
+                            front_ids: Iterable[int]) -> SnapshotRecord:
+        """Record the front after ``n_complete`` candidates (replacing one with the same count)."""
+        now = utcnow()
+        with self._write() as session:
+            search_id = _search_row(session, search).id
+            row = session.scalar(select(ParetoSnapshot).where(
+                ParetoSnapshot.search_id == search_id, ParetoSnapshot.n_complete == n_complete))
+            if row is None:
+                row = ParetoSnapshot(search_id=search_id, n_complete=n_complete)
+                session.add(row)
+            row.hypervolume = None if hypervolume is None else float(hypervolume)
+            row.front, row.created_at = [int(i) for i in front_ids], now
+            session.flush()
+            return _snapshot_record(row)
+
+    # ----- candidates: reads --------------------------------------------------------------
+    @retrying
+    def candidates(self, search: str, states: Iterable[str] | None = None) -> list[CandidateRecord]:
+        """Candidates of a search by trial number, optionally only those in ``states``."""
+        with self._read() as session:
+            where = [Candidate.search_id == _search_row(session, search).id]
+            if states is not None:
+                wanted = list(states)
+                unknown = set(wanted) - set(CANDIDATE_STATES)
+                if unknown:
+                    raise ValueError(f"states {sorted(unknown)} not in {', '.join(CANDIDATE_STATES)}")
+                where.append(Candidate.state.in_(wanted))
+            return _load_candidates(session, *where)
+
+    @retrying
+    def candidate(self, candidate_id: int) -> CandidateRecord:
+        with self._read() as session:
+            found = _load_candidates(session, Candidate.id == candidate_id)
+        if not found:
+            raise NotFoundError(f"no candidate with id {candidate_id}")
+        return found[0]
+
+    @retrying
+    def candidate_by_trial(self, search: str, trial_number: int) -> CandidateRecord:
+        with self._read() as session:
+            search_id = _search_row(session, search).id
+            found = _load_candidates(session, Candidate.search_id == search_id,
+                                     Candidate.trial_number == trial_number)
+        if not found:
+            raise NotFoundError(f"search {search!r} has no trial {trial_number}")
+        return found[0]
+
+    @retrying
+    def completed_by_hash(self, search: str, arch_hash: str) -> CandidateRecord | None:
+        """The first complete candidate of this search with this architecture, if any."""
+        with self._read() as session:
+            search_id = _search_row(session, search).id
+            first = session.scalar(
+                select(Candidate.id).where(Candidate.search_id == search_id,
+                                           Candidate.arch_hash == arch_hash,
+                                           Candidate.state == "complete")
+                .order_by(Candidate.trial_number).limit(1))
+            if first is None:
+                return None
+            return _load_candidates(session, Candidate.id == first)[0]
+
+    @retrying
+    def cached_latency(self, arch_hash: str, profile_hash: str) -> ProfileLatency | None:
+        """The latest latency measured for this shape on this profile, in any search."""
+        with self._read() as session:
+            row = session.execute(
+                select(*Latency.__table__.c).where(Latency.arch_hash == arch_hash,
+                                                   Latency.profile_hash == profile_hash)
+                .order_by(Latency.measured_at.desc()).limit(1)).one_or_none()
+            return None if row is None else _profile_latency(row)
+
+    @retrying
+    def running_trials(self, search: str) -> list[int]:
+        """Trial numbers still marked running: after a crash, the ones to re-run."""
+        with self._read() as session:
+            search_id = _search_row(session, search).id
+            return list(session.scalars(
+                select(Candidate.trial_number).where(Candidate.search_id == search_id,
+                                                     Candidate.state == "running")
+                .order_by(Candidate.trial_number)))
+
+    @retrying
+    def pareto_snapshots(self, search: str) -> list[SnapshotRecord]:
+        with self._read() as session:
+            search_id = _search_row(session, search).id
+            rows = session.scalars(select(ParetoSnapshot).where(ParetoSnapshot.search_id == search_id)
+                                   .order_by(ParetoSnapshot.n_complete))
+            return [_snapshot_record(row) for row in rows]
+
+    @retrying
+    def weights(self, candidate_id: int) -> bytes:
+        """The stored safetensors bytes of a candidate (the only method that reads them)."""
+        with self._read() as session:
+            data = session.scalar(select(Weights.data).where(Weights.candidate_id == candidate_id))
+        if data is None:
+            raise NotFoundError(f"no weights stored for candidate {candidate_id}")
+        return bytes(data)
+
+
+# ----- helpers (all take the caller's session) -----------------------------------------------
+def _search_row(session: Session, name: str) -> Search:
+    row = session.scalar(select(Search).where(Search.name == name))
+    if row is None:
+        names = list(session.scalars(select(Search.name).order_by(Search.created_at)
+                                     .limit(_NAMES_SHOWN + 1)))
+        shown = ", ".join(names[:_NAMES_SHOWN]) + (", ..." if len(names) > _NAMES_SHOWN else "")
+        raise NotFoundError(f"no search named {name!r} (existing: {shown or 'none'})")
+    return row
+
+
+def _candidate_row(session: Session, search_id: int, trial_number: int) -> Candidate | None:
+    return session.scalar(select(Candidate).where(Candidate.search_id == search_id,
+                                                  Candidate.trial_number == trial_number))
+
+
+def _delete_results(session: Session, candidate_id: int) -> None:
+    for table in (Metric, Latency, Weights):
+        session.execute(delete(table).where(table.candidate_id == candidate_id)
+                        .execution_options(synchronize_session=False))
+
+
+def _latency_values(candidate_id: int, arch_hash: str, lat: ProfileLatency,
+                    now: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {"candidate_id": candidate_id, "profile": lat.profile,
+                              "profile_hash": lat.profile_hash, "arch_hash": arch_hash,
+                              "node": lat.node, "measured_at": now}
+    for phase, stats in (("prefill", lat.prefill), ("decode", lat.decode)):
+        values.update({f"{phase}_median_ms": stats.median_ms, f"{phase}_p90_ms": stats.p90_ms,
+                       f"{phase}_cv": stats.cv, f"{phase}_n": stats.n})
+    return values
+
+
+def _profile_latency(row: Any) -> ProfileLatency:
+    return ProfileLatency(
+        profile=row.profile, profile_hash=row.profile_hash, node=row.node,
+        prefill=LatencyStats(row.prefill_median_ms, row.prefill_p90_ms, row.prefill_cv, row.prefill_n),
+        decode=LatencyStats(row.decode_median_ms, row.decode_p90_ms, row.decode_cv, row.decode_n))
+
+
+def _load_candidates(session: Session, *where: ColumnElement[bool]) -> list[CandidateRecord]:
+    """Candidates matching ``where`` with metrics, latencies and weights flags: four queries.
+
+    Core column selects on the session's connection, not ORM entities: 10,000 candidates
+    would otherwise mean 10,000 identity-map entries and change tracking for nothing.
+    """
+    conn = session.connection()
+    rows = conn.execute(
+        select(Candidate.id, Search.name, Candidate.trial_number, Candidate.architecture,
+               Candidate.arch_hash, Candidate.state, Candidate.error, Candidate.attempts,
+               Candidate.timings, Candidate.proxy, Candidate.node, Candidate.started_at,
+               Candidate.finished_at)
+        .join(Search, Search.id == Candidate.search_id).where(*where)
+        .order_by(Candidate.search_id, Candidate.trial_number)).all()
+    if not rows:
+        return []
+    metrics: dict[int, dict[str, float]] = defaultdict(dict)
+    for candidate_id, name, value in conn.execute(
+            select(Metric.candidate_id, Metric.name, Metric.value)
+            .join(Candidate, Candidate.id == Metric.candidate_id).where(*where)):
+        metrics[candidate_id][name] = value
+    latencies: dict[int, list[ProfileLatency]] = defaultdict(list)
+    for lat in conn.execute(
+            select(*Latency.__table__.c).join(Candidate, Candidate.id == Latency.candidate_id)
+            .where(*where).order_by(Latency.candidate_id, Latency.profile)):
+        latencies[lat.candidate_id].append(_profile_latency(lat))
+    with_weights = set(conn.scalars(
+        select(Weights.candidate_id).join(Candidate, Candidate.id == Weights.candidate_id)
+        .where(*where)))
+    archs: dict[str, Architecture] = {}  # searches revisit shapes; frozen, so shareable
+    records = []
+    for row in rows:
+        arch = archs.get(row.arch_hash)
+        if arch is None:
+            arch = archs[row.arch_hash] = Architecture.from_dict(row.architecture)
+        records.append(CandidateRecord(
+            id=row.id, search=row.name, trial_number=row.trial_number, architecture=arch,
+            arch_hash=row.arch_hash, state=row.state, error=row.error, attempts=row.attempts,
+            metrics=metrics.get(row.id, {}), latencies=tuple(latencies.get(row.id, ())),
+            proxy=row.proxy or {}, timings=row.timings, node=row.node,
+            started_at=row.started_at, finished_at=row.finished_at,
+            has_weights=row.id in with_weights))
+    return records
+
+
+def _search_record(row: Search) -> SearchRecord:
+    return SearchRecord(
+        id=row.id, name=row.name, space=row.space, space_hash=row.space_hash,
+        profiles=tuple(row.profiles), objectives=tuple((m, d) for m, d in row.objectives),
+        constraints=tuple(row.constraints), data=row.data, budget=row.budget, trials=row.trials,
+        status=row.status, study_name=row.study_name,
+        reference_point=None if row.reference_point is None else tuple(row.reference_point),
+        error=row.error, created_at=row.created_at, started_at=row.started_at,
+        finished_at=row.finished_at, updated_at=row.updated_at)
+
+
+def _snapshot_record(row: ParetoSnapshot) -> SnapshotRecord:
+    return SnapshotRecord(n_complete=row.n_complete, hypervolume=row.hypervolume,
+                          front_ids=tuple(int(i) for i in row.front), created_at=row.created_at)
+

@@ -1,0 +1,227 @@
+"""Typed SQLAlchemy tables of the store.
+
+Every table is prefixed ``nas_`` because Optuna's study lives in the same database
+(``optuna-dashboard <url>`` opens it), and Optuna owns unprefixed names such as
+``studies``, ``trials`` and ``alembic_version``.
+
+The schema is created and changed only by the Alembic migrations in
+``nas/store/migrations``; ``tests/store`` checks that the migrations and these models
+agree. Change both together (see ``nas.store.migrate``).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+SEARCH_STATUSES: tuple[str, ...] = ("running", "stopping", "stopped", "finished", "failed")
+CANDIDATE_STATES: tuple[str, ...] = ("running", "complete", "failed", "pruned")
+
+# Deterministic constraint names: Alembic can only alter or drop what it can name,
+# and SQLite/PostgreSQL would otherwise invent different ones.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every dialect.
+
+    SQLite has no time zone type and hands back naive values; PostgreSQL returns
+    them in the session time zone. Callers always see UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store keeps aware UTC timestamps")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Real(TypeDecorator[float]):
+    """A double that round-trips NaN: SQLite silently stores NaN as NULL, so NULL means NaN.
+
+    A diverged candidate can legitimately have NaN metrics; they must be stored, not
+    rejected by a NOT NULL constraint on one dialect only.
+    """
+
+    impl = Double
+    cache_ok = True
+
+    def process_bind_param(self, value: float | None, dialect: Dialect) -> float | None:
+        if value is None or math.isnan(value):
+            return None
+        return float(value)
+
+    def process_result_value(self, value: float | None, dialect: Dialect) -> float:
+        return math.nan if value is None else float(value)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), float: Real(), dict[str, Any]: JSON(),
+                           list[Any]: JSON()}
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Search(Base):
+    """One search run: the inputs it was started with and where it stands."""
+
+    __tablename__ = "nas_searches"
+    __table_args__ = (CheckConstraint(_in("status", SEARCH_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    space: Mapped[dict[str, Any]]  # snapshot of the search space as started
+    space_hash: Mapped[str] = mapped_column(String(64))
+    profiles: Mapped[list[Any]]  # hardware profile dicts
+    objectives: Mapped[list[Any]]  # [[metric, "minimize" | "maximize"], ...]
+    constraints: Mapped[list[Any]]  # constraint expressions, e.g. "params <= 2e6"
+    data: Mapped[dict[str, Any]]  # DataSpec.to_dict()
+    budget: Mapped[dict[str, Any]]  # ProxyBudget.to_dict()
+    trials: Mapped[int] = mapped_column(Integer)  # trials budget
+    status: Mapped[str] = mapped_column(String(16))
+    study_name: Mapped[str] = mapped_column(String(200))  # Optuna study in the same database
+    # Fixed once so that hypervolumes recorded over time are comparable.
+    reference_point: Mapped[list[Any] | None]
+    error: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]  # any write to the search or its candidates: readers poll it
+
+
+class Candidate(Base):
+    """One trial of a search: a row per (search, trial number), reused when a trial re-runs."""
+
+    __tablename__ = "nas_candidates"
+    __table_args__ = (
+        UniqueConstraint("search_id", "trial_number"),
+        Index(None, "search_id", "arch_hash"),  # evaluated-once lookup within a search
+        Index(None, "search_id", "state"),  # per-state counts of every search
+        CheckConstraint(_in("state", CANDIDATE_STATES), name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    search_id: Mapped[int] = mapped_column(ForeignKey("nas_searches.id", ondelete="CASCADE"))
+    trial_number: Mapped[int] = mapped_column(Integer)
+    architecture: Mapped[dict[str, Any]]
+    arch_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)  # > 1 when a crashed trial was re-run
+    timings: Mapped[dict[str, Any]]  # seconds: train, export, latency, total
+    proxy: Mapped[dict[str, Any] | None]  # ProxyResult as JSON (curve etc.)
+    node: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class Metric(Base):
+    """One metric of one candidate; the primary key makes a re-written metric replace, not add."""
+
+    __tablename__ = "nas_metrics"
+
+    candidate_id: Mapped[int] = mapped_column(
+        ForeignKey("nas_candidates.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[float] = mapped_column(nullable=True)  # NULL is NaN (see `Real`)
+
+
+class Latency(Base):
+    """Latency of one candidate on one hardware profile."""
+
+    __tablename__ = "nas_latencies"
+    # Latency depends on the shape, not the weights: reuse it across searches.
+    __table_args__ = (Index(None, "arch_hash", "profile_hash"),)
+
+    candidate_id: Mapped[int] = mapped_column(
+        ForeignKey("nas_candidates.id", ondelete="CASCADE"), primary_key=True)
+    profile: Mapped[str] = mapped_column(String(200), primary_key=True)
+    profile_hash: Mapped[str] = mapped_column(String(64))
+    arch_hash: Mapped[str] = mapped_column(String(64))
+    prefill_median_ms: Mapped[float] = mapped_column(nullable=True)
+    prefill_p90_ms: Mapped[float] = mapped_column(nullable=True)
+    prefill_cv: Mapped[float] = mapped_column(nullable=True)
+    prefill_n: Mapped[int] = mapped_column(Integer)
+    decode_median_ms: Mapped[float] = mapped_column(nullable=True)
+    decode_p90_ms: Mapped[float] = mapped_column(nullable=True)
+    decode_cv: Mapped[float] = mapped_column(nullable=True)
+    decode_n: Mapped[int] = mapped_column(Integer)
+    node: Mapped[str] = mapped_column(String(255))
+    measured_at: Mapped[datetime]
+
+
+class ParetoSnapshot(Base):
+    """The front after ``n_complete`` finished candidates: hypervolume over time."""
+
+    __tablename__ = "nas_pareto_snapshots"
+    # One snapshot per count: re-adding one (a retried write, a resumed search) replaces it.
+    __table_args__ = (UniqueConstraint("search_id", "n_complete"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    search_id: Mapped[int] = mapped_column(ForeignKey("nas_searches.id", ondelete="CASCADE"))
+    n_complete: Mapped[int] = mapped_column(Integer)
+    # None until the reference point is fixed (plain Double: None must not read back as NaN).
+    hypervolume: Mapped[float | None] = mapped_column(Double, nullable=True)
+    front: Mapped[list[Any]]  # candidate ids on the front
+    created_at: Mapped[datetime]
+
+
+class Weights(Base):
+    """Trained weights of a candidate, kept apart so that listing candidates never reads them."""
+
+    __tablename__ = "nas_weights"
+
+    candidate_id: Mapped[int] = mapped_column(
+        ForeignKey("nas_candidates.id", ondelete="CASCADE"), primary_key=True)
+    format: Mapped[str] = mapped_column(String(32))  # "safetensors"
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column("bytes", LargeBinary, deferred=True)
+    created_at: Mapped[datetime]
+
+
+__all__ = ["Base", "Candidate", "Latency", "Metric", "ParetoSnapshot", "Search",
+           "Weights", "UTCDateTime", "Real", "utcnow", "SEARCH_STATUSES", "CANDIDATE_STATES"]
