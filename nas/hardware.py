@@ -1,0 +1,226 @@
+"""Hardware profiles: *where* and *how* a candidate's latency is measured, as data.
+
+A profile is a small YAML file, ``hardware_profiles/<name>.yaml``; its name is the file
+name, so ``latency:cpu-1t:decode_ms`` always points at ``cpu-1t.yaml``. Keys are the
+fields of `HardwareProfile`; unknown keys, wrong types and out-of-range values are
+errors that name the file, the key and the value.
+
+Where bare names are looked up (first hit wins):
+
+1. ``hardware_profiles/`` of the repository, found by walking up from this file (a source
+   checkout or an editable install), as `nas.space` finds ``search_spaces/``;
+2. ``nas/builtin/hardware_profiles/``, for a copy shipped inside the package in a
+   non-editable install (``pyproject.toml`` packages ``nas/builtin/**``).
+
+Anything that looks like a path (a ``/`` or a ``.yaml``/``.yml`` suffix) is loaded as that
+file instead.
+
+This module imports no onnxruntime: the driver and the CLI load and hash profiles on
+machines that may not measure anything. `check_available` imports it lazily.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from nas.errors import ConfigError, NotFoundError, ProviderError
+
+PRECISIONS: tuple[str, ...] = ("fp32", "int8")
+
+# Bump when `nas.latency` changes *how* it measures (statistics, feeds, session options):
+# it is part of `HardwareProfile.hash`, so latencies cached under the old method miss.
+MEASUREMENT_VERSION = 1
+
+
+
+def _profile_dirs() -> tuple[Path, ...]:
+    here = Path(__file__).resolve().parent
+    checkout = [p / "hardware_profiles" for p in here.parents if (p / "hardware_profiles").is_dir()]
+    return (*checkout[:1], here / "builtin" / "hardware_profiles")
+
+
+PROFILE_DIRS: tuple[Path, ...] = _profile_dirs()
+
+# Fields that are counts, with the smallest value that makes sense for each.
+_MIN_COUNT: dict[str, int] = {
+    "intra_op_threads": 1, "batch": 1, "prompt_len": 1, "past_len": 1,
+    "warmup": 0, "repeats": 1, "rounds": 1,
+}
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """How to time a candidate: execution provider, threads, shapes, precision, repetitions.
+
+    Each of the ``rounds`` rounds times ``repeats`` runs of the prefill and of the decode
+    graph, after ``warmup`` untimed runs of each; ``LatencyStats.n == rounds * repeats``.
+    """
+
+    name: str
+    provider: str = "CPUExecutionProvider"
+    intra_op_threads: int = 1
+    batch: int = 1
+    prompt_len: int = 128  # prefill: one forward of batch x prompt_len tokens
+    past_len: int = 128  # decode: one new token with past_len tokens cached
+    precision: str = "fp32"  # "int8": ONNX Runtime dynamic quantization of the weights
+    warmup: int = 5
+    repeats: int = 20
+    rounds: int = 5
+    ray_resource: str | None = None  # Ray custom resource held by nodes that are this hardware
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def hash(self) -> str:
+        """Stable id of everything that changes a measurement (all fields but `description`).
+
+        The name is included on purpose: two profiles with equal settings but different
+        names usually stand for different machines, and a false cache hit is worse than
+        a miss. `MEASUREMENT_VERSION` is included so a change of method invalidates caches.
+        """
+        data = self.to_dict()
+        del data["description"]
+        data["measurement_version"] = MEASUREMENT_VERSION
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def timed_runs(self) -> int:
+        return self.rounds * self.repeats
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> "HardwareProfile":
+        """Build from a mapping; errors name ``source``, the key and the value."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a hardware profile must be a mapping, got {type(data).__name__}",
+                              source=source)
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"unknown key {key!r} (known: {', '.join(known)})",
+                                  source=source, field=str(key), value=data[key])
+        if "name" not in data:
+            raise ConfigError("missing key 'name'", source=source, field="name")
+        try:
+            return cls(**dict(data))
+        except ConfigError as err:
+            if source and err.source is None:
+                raise ConfigError(str(err), source=source, field=err.field, value=err.value) from None
+            raise
+
+
+def _fail(field: str, value: Any, reason: str) -> None:
+    raise ConfigError(f"{field}={value!r} {reason}", field=field, value=value)
+
+
+def _validate(p: HardwareProfile) -> None:
+    for field in ("name", "provider"):
+        value = getattr(p, field)
+        if not isinstance(value, str) or not value.strip():
+            _fail(field, value, "must be a non-empty string")
+    for field, minimum in _MIN_COUNT.items():
+        value = getattr(p, field)
+        if not isinstance(value, int) or isinstance(value, bool):
+            _fail(field, value, "must be an integer")
+        if value < minimum:
+            _fail(field, value, f"must be >= {minimum}")
+    if p.precision not in PRECISIONS:
+        _fail("precision", p.precision, f"must be one of {', '.join(PRECISIONS)}")
+    if p.ray_resource is not None and (not isinstance(p.ray_resource, str) or not p.ray_resource):
+        _fail("ray_resource", p.ray_resource, "must be a non-empty string or absent")
+    if not isinstance(p.description, str):
+        _fail("description", p.description, "must be a string")
+
+
+# ----- loading -----------------------------------------------------------------------------
+def _looks_like_path(text: str) -> bool:
+    return Path(text).suffix in (".yaml", ".yml") or "/" in text or os.sep in text
+
+
+def _profile_files() -> dict[str, Path]:
+    """Bare name -> file, earlier directories in `PROFILE_DIRS` winning."""
+    found: dict[str, Path] = {}
+    for directory in PROFILE_DIRS:
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.yaml")):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def list_profiles() -> list[str]:
+    """Names of the profiles `load_profile` resolves without a path."""
+    return sorted(_profile_files())
+
+
+def load_profile_file(path: str | Path) -> HardwareProfile:
+    """Load one YAML file; its ``name`` defaults to (and must equal) the file's stem."""
+    import yaml  # not at top level: keeps `import nas.hardware` minimal
+
+    path = Path(path)
+    source = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise NotFoundError(f"{source}: cannot read hardware profile: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"not valid YAML: {err}", source=source) from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a hardware profile must be a mapping, got {type(data).__name__}",
+                          source=source)
+    data = dict(data)
+    name = data.setdefault("name", path.stem)
+    if name != path.stem:
+        # Metric names carry the profile name; a copied file that kept the old name would
+        # silently merge two machines' latencies.
+        raise ConfigError(f"name={name!r} must equal the file name {path.stem!r} (or be left out)",
+                          source=source, field="name", value=name)
+    return HardwareProfile.from_dict(data, source=source)
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    """A shipped profile by name (``"cpu-1t"``) or a YAML file by path."""
+    text = str(name_or_path).strip()
+    if isinstance(name_or_path, Path) or _looks_like_path(text):
+        return load_profile_file(text)
+    files = _profile_files()
+    if text not in files:
+        raise NotFoundError(f"unknown hardware profile {text!r} (available: "
+                            f"{', '.join(sorted(files)) or 'none'}; or give a path to a .yaml file)")
+    return load_profile_file(files[text])
+
+
+def load_profiles(spec: str | Iterable[str | Path]) -> tuple[HardwareProfile, ...]:
+    """Several profiles from ``"cpu-1t,cpu-2t"`` or an iterable of names/paths."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    profiles = tuple(load_profile(item) for item in items if str(item).strip())
+    if not profiles:
+        raise ConfigError("no hardware profile given", field="profiles", value=spec)
+    names = [p.name for p in profiles]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"hardware profile {duplicates[0]!r} is given twice",
+                          field="profiles", value=spec)
+    return profiles
+
+
+def check_available(profile: HardwareProfile) -> None:
+    """Raise `ProviderError` if the installed ONNX Runtime lacks the profile's provider."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if profile.provider not in available:
+        raise ProviderError(
+            f"provider={profile.provider!r} is not available in onnxruntime "
+            f"{onnxruntime.__version__} (available: {', '.join(available)})",
+            source=f"hardware profile {profile.name!r}", field="provider", value=profile.provider)
