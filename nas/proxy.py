@@ -1,0 +1,326 @@
+"""Proxy training: a short, seeded run whose validation loss ranks candidates.
+
+`train` runs AdamW (betas 0.9/0.95, weight decay on matrices only) with linear warm-up and
+cosine decay to ``lr * min_lr_frac``, gradient clipping and random training windows drawn
+from a generator seeded by ``seed``; same seed and thread count give identical results on CPU.
+It never raises for a run that goes wrong numerically: a non-finite loss, or one far worse
+than uniform guessing, ends the run as ``"diverged"`` (val_loss=inf, the step in the reason),
+and ``budget.max_seconds`` ends it as ``"timeout"`` (still evaluated).
+
+The run is scored in fp32 on `nas.data.validation_batches` (the same tokens for every
+candidate). ``tokens_per_s`` covers the training loop; ``seconds`` the whole call.
+
+Speed choices, measured on the 2-core AMD EPYC (Zen 5: AVX-512, AVX512-BF16, no AMX) dev VM,
+torch 2.13 CPU, one thread (the VM is shared: figures are from quiet moments or ranges):
+
+* bf16 autocast on CPU: OFF by default, ``NAS_CPU_BF16=1`` turns it on. The issue allows it
+  only if it is faster *without hurting the ranking*; speed is measured below, the ranking is
+  not yet (see BENCHMARKS.md), and the smallest candidates train slower with it. torch.mm runs ~4x faster in bf16 here (~400 vs
+  ~100 GFLOP/s). Training, 16x64 budget, fp32 -> bf16 tokens/s (quiet machine): 0.15M params
+  54k -> 42k (0.8x: casts dominate), 0.6M 17.9k -> 18.8k, 1.1M 11.6k -> 14.0k (1.2x), 3.6M
+  3.7k -> 6.0k (1.6x), 9.5M 1.44k -> 4.2k (2.9x). When on, it is on for every size so all
+  candidates of a search train alike. Cost: 1.1M params on 200k stdlib tokens scored 2.080 vs 2.065 nats
+  (fp32). Weights and optimizer state stay fp32; the loss and evaluation run in fp32.
+* AdamW ``fused=True``: one optimizer step (with clipping) 0.24 vs 0.51 ms (foreach) at
+  0.15M params, 8.5 vs 36 ms at 9.5M.
+* ``torch.compile`` rejected: 50-57 s to compile the first step on this VM and no faster
+  afterwards, while a whole proxy run takes seconds.
+* Losses stay in a device tensor, read every ``_CHECK_EVERY`` steps (or 0.5 s) instead of a
+  per-step ``.item()`` (a host sync on CUDA); divergence is still pinned to its exact step.
+* ``zero_grad(set_to_none=True)``; evaluation under ``torch.inference_mode``. Profiling the
+  1.1M model shows ~70% of CPU time in ``aten::mm``: little Python overhead is left.
+
+Threads: ``threads`` (default: every core this process may use) is set with
+``torch.set_num_threads`` and restored. libgomp spins between parallel regions, so when another
+process shares the cores, 2 threads on this 2-core VM fell from ~16-19k to 0.2-2k tokens/s
+(1.1M params); ``OMP_WAIT_POLICY=PASSIVE`` (set before torch is imported) kept 6-10k there but
+costs ~35% on an idle machine. Give training reserved cores (`nas.affinity`) or one thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nas.architecture import Architecture
+from nas.data import TokenData, check_fits, validation_batches
+from nas.errors import ArchitectureError
+from nas.model import NasLM, build_model
+from nas.results import ProxyResult, ProxyStatus
+from nas.specs import ProxyBudget
+
+Progress = Callable[[int, int, float], None]  # (step, total steps, recent training loss)
+
+CURVE_POINTS = 50
+# The loss buffer is read (divergence, progress) every _CHECK_EVERY steps, or sooner when a
+# read is _READ_EVERY_S old, so slow big models still report and stop promptly.
+_CHECK_EVERY = 16
+_READ_EVERY_S = 0.5
+# A loss this many times worse than guessing uniformly (ln V) only comes from a blown-up run.
+_DIVERGED_FACTOR = 3.0
+
+
+@dataclass
+class TrainedModel:
+    result: ProxyResult
+    model: NasLM  # on the CPU, in eval mode
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_threads() -> int:
+    """All cores this process may run on (respects taskset / cgroup affinity)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Set torch's intra-op thread count for the block, restoring the previous one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def lr_schedule(budget: ProxyBudget, steps: int) -> list[float]:
+    """Linear warm-up over ``warmup_frac`` of the steps, then cosine to ``lr * min_lr_frac``."""
+    warmup = round(budget.warmup_frac * steps)
+    lrs = []
+    for step in range(steps):
+        if step < warmup:
+            lrs.append(budget.lr * (step + 1) / warmup)
+            continue
+        done = (step - warmup) / max(1, steps - warmup - 1)
+        scale = budget.min_lr_frac + (1 - budget.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * done))
+        lrs.append(budget.lr * scale)
+    return lrs
+
+
+def make_optimizer(model: NasLM, budget: ProxyBudget) -> torch.optim.AdamW:
+    # parameters() yields shared/tied weights once, so no tensor is stepped twice.
+    params = list(model.parameters())
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": budget.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one kernel for all tensors; measured 4x faster than foreach on CPU (docstring).
+    return torch.optim.AdamW(groups, lr=budget.lr, betas=(0.9, 0.95), fused=True)
+
+
+def cpu_bf16_autocast() -> bool:
+    """Whether CPU training runs under bf16 autocast: only when ``$NAS_CPU_BF16=1`` and the CPU
+    has native bf16 dot products (AVX512-BF16 or AMX); elsewhere oneDNN emulates bf16, which is
+    usually slower than fp32. Off by default: its effect on the ranking is not yet measured."""
+    if os.environ.get("NAS_CPU_BF16", "").strip() != "1":
+        return False
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Training-forward precision; evaluation always runs in fp32 so scores stay comparable."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and cpu_bf16_autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _Batches:
+    """Random (input, target) windows from the training stream, seeded."""
+
+    def __init__(self, tokens: np.ndarray, budget: ProxyBudget, seed: int,
+                 device: torch.device) -> None:
+        self.tokens = tokens
+        self.b, self.t = budget.batch_size, budget.seq_len
+        self.rng = np.random.default_rng(seed)
+        self.offsets = np.arange(self.t + 1)
+        self.device = device
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = self.rng.integers(0, len(self.tokens) - self.t, size=self.b)
+        window = torch.from_numpy(self.tokens[starts[:, None] + self.offsets].astype(np.int64))
+        if self.device.type == "cuda":
+            window = window.pin_memory().to(self.device, non_blocking=True)
+        return window[:, :-1], window[:, 1:]  # (B, T) each
+
+
+def _curve(losses: np.ndarray, tokens_per_step: int) -> tuple[tuple[int, float], ...]:
+    """About CURVE_POINTS (tokens seen, mean training loss over the interval) points."""
+    n = len(losses)
+    if n == 0:
+        return ()
+    edges = np.linspace(0, n, min(CURVE_POINTS, n) + 1).round().astype(int)
+    return tuple((int(hi * tokens_per_step), float(losses[lo:hi].mean()))
+                 for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo)
+
+
+@torch.inference_mode()
+def validation_loss(model: NasLM, data: TokenData, budget: ProxyBudget,
+             device: torch.device | str = "cpu") -> float:
+    """Mean validation loss (nats/token) on the fixed validation windows."""
+    device = torch.device(device)
+    batches = validation_batches(data, budget)
+    inputs = torch.from_numpy(batches.inputs).to(device)
+    targets = torch.from_numpy(batches.targets).to(device)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    chunk = max(budget.batch_size, 1)
+    for i in range(0, len(inputs), chunk):
+        logits = model(inputs[i:i + chunk])  # fp32: the score must not depend on the CPU's bf16
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                 targets[i:i + chunk].reshape(-1), reduction="sum").double()
+    model.train(was_training)
+    return float(total) / targets.numel()
+
+
+def train(arch: Architecture, budget: ProxyBudget, data: TokenData, device: str = "auto",
+          seed: int = 0, threads: int | None = None,
+          progress: Progress | None = None, model: NasLM | None = None) -> TrainedModel:
+    """Train ``arch`` for ``budget.tokens`` tokens and score it on the fixed validation set.
+
+    ``model``: continue training these weights (in place; built for ``arch``) instead of a
+    fresh initialisation, with a fresh optimizer and schedule (``nas export --train-tokens``).
+    """
+    if model is not None and model.arch != arch:
+        raise ArchitectureError(f"model was built for {model.arch.describe()}, not {arch.describe()}")
+    budget.validate()
+    if arch.vocab_size < data.vocab_size:
+        raise ArchitectureError(
+            f"vocab_size={arch.vocab_size} is smaller than the tokenizer's "
+            f"{data.vocab_size} ({data.tokenizer_name})", field="vocab_size", value=arch.vocab_size)
+    check_fits(data, budget)
+    dev = resolve_device(device)
+    threads_ctx = cpu_threads(threads or default_threads()) if dev.type == "cpu" else contextlib.nullcontext()
+    with threads_ctx:
+        return _train(arch, budget, data, dev, seed, progress, model)
+
+
+def _train(arch: Architecture, budget: ProxyBudget, data: TokenData, dev: torch.device,
+           seed: int, progress: Progress | None, init: NasLM | None = None) -> TrainedModel:
+    started = time.perf_counter()
+    model = (build_model(arch, seed=seed) if init is None else init).to(dev)
+    model.train()
+    opt = make_optimizer(model, budget)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    batches = _Batches(data.train, budget, seed, dev)
+    steps = budget.steps
+    tokens_per_step = budget.batch_size * budget.seq_len
+    lrs = lr_schedule(budget, steps)
+    losses = torch.empty(steps, dtype=torch.float32, device=dev)
+    limit = _DIVERGED_FACTOR * math.log(arch.vocab_size)
+    status: ProxyStatus = "ok"
+    reason = ""
+    done = checked = kept = 0
+    train_start = read_at = time.perf_counter()
+    for step in range(steps):
+        x, y = batches.next()
+        for group in opt.param_groups:
+            group["lr"] = lrs[step]
+        with _autocast(dev):
+            logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        loss.backward()
+        if budget.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, budget.grad_clip, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses[step] = loss.detach()
+        done = step + 1
+        now = time.perf_counter()
+        timed_out = budget.max_seconds is not None and now - train_start > budget.max_seconds
+        if done % _CHECK_EVERY and done != steps and not timed_out and now - read_at < _READ_EVERY_S:
+            continue
+        read_at = now
+        recent = losses[checked:done].cpu().numpy()
+        bad = np.flatnonzero(~np.isfinite(recent) | (recent > limit))
+        if bad.size:
+            at = checked + int(bad[0])
+            status = "diverged"
+            reason = (f"training loss {recent[bad[0]]:.4g} at step {at + 1} of {steps} "
+                      f"({'not finite' if not np.isfinite(recent[bad[0]]) else f'> {limit:.3g}'}; "
+                      f"lr={lrs[at]:.3g})")
+            kept = at  # the curve keeps only the steps before the first bad loss
+            break
+        checked = kept = done
+        if progress is not None:
+            progress(done, steps, float(recent.mean()))
+        if timed_out and done < steps:
+            status = "timeout"
+            reason = (f"stopped at max_seconds={budget.max_seconds:g} after {done} of {steps} steps "
+                      f"({done * tokens_per_step:,} of {steps * tokens_per_step:,} tokens)")
+            break
+    train_seconds = time.perf_counter() - train_start
+    curve = _curve(losses[:kept].cpu().numpy(), tokens_per_step)
+    val_loss = math.inf
+    if status != "diverged":
+        val_loss = validation_loss(model, data, budget, dev)
+        if not math.isfinite(val_loss):
+            status, reason, val_loss = "diverged", f"validation loss is {val_loss}", math.inf
+    trained_tokens = done * tokens_per_step
+    result = ProxyResult(
+        val_loss=val_loss, curve=curve, tokens=trained_tokens,
+        tokens_per_s=trained_tokens / train_seconds if train_seconds > 0 else 0.0,
+        seconds=time.perf_counter() - started, status=status, reason=reason, device=str(dev))
+    return TrainedModel(result, model.cpu().eval())
+
+
+# ----- weights ---------------------------------------------------------------------------
+def _unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict with every storage once: safetensors refuses aliased tensors (tied/shared)."""
+    seen: set[tuple[int, int]] = set()
+    unique: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        unique[name] = tensor.detach().cpu().contiguous()
+    return unique
+
+
+def weights_to_bytes(model: torch.nn.Module) -> bytes:
+    """safetensors bytes of the model's unique tensors (ties are restored by `build_model`)."""
+    from safetensors.torch import save
+
+    arch = getattr(model, "arch", None)
+    metadata = {"architecture": arch.to_json()} if isinstance(arch, Architecture) else None
+    return save(_unique_state(model), metadata=metadata)
+
+
+def weights_from_bytes(arch: Architecture, data: bytes) -> NasLM:
+    """Rebuild ``arch`` and load weights saved by `weights_to_bytes` (eval mode, CPU)."""
+    from safetensors.torch import load
+
+    saved = load(data)
+    model = build_model(arch)
+    expected = _unique_state(model)
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    wrong = sorted(n for n in set(saved) & set(expected) if saved[n].shape != expected[n].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(f"weights do not match {arch.describe()}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            state[name].copy_(tensor)  # state_dict tensors alias the parameters, ties included
+    return model.eval()
