@@ -1,0 +1,150 @@
+"""Evaluate one candidate: proxy-train, export to ONNX, measure latency per profile.
+
+These are the bodies of the Ray tasks, kept as plain functions of plain values so
+they run the same in a worker on another node, in a test, or in `nas evaluate`.
+Training and timing are separate steps so the driver can run them on different
+cores (see `nas.affinity`) or on different nodes (profiles with a `ray_resource`).
+Workers never open the database: they return bytes and records to the driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from nas.architecture import Architecture, static_metrics
+from nas.hardware import HardwareProfile
+from nas.results import CandidateResult, ProfileLatency, ProxyResult
+from nas.specs import ProxyBudget
+
+
+@dataclass(frozen=True)
+class TrainOutput:
+    """What the training step hands to the timing step and to the driver."""
+
+    proxy: ProxyResult | None
+    prefill_onnx: bytes | None = None
+    decode_onnx: bytes | None = None
+    weights: bytes | None = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    node: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+# How allocators say they ran out: Python, PyTorch's CPU allocator, CUDA.
+_OOM_MARKERS = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def describe_exception(err: BaseException) -> str:
+    """One line a user can act on, plus where it happened for unexpected errors.
+
+    Running out of memory is named as such ("out of memory: ..."): it is a property of the
+    candidate (too big for the worker), not a bug, and users filter failures by it.
+    """
+    from nas.errors import NasError
+
+    text = f"{type(err).__name__}: {err}"
+    if isinstance(err, NasError):
+        return str(err)
+    frames = traceback.extract_tb(err.__traceback__)
+    if frames:
+        last = frames[-1]
+        text += f" (at {Path(last.filename).name}:{last.lineno})"
+    if isinstance(err, MemoryError) or any(m in str(err).lower() for m in _OOM_MARKERS):
+        text = f"out of memory: {text}"
+    return text
+
+
+def train_and_export(arch: Architecture, budget: ProxyBudget, data, *, seed: int = 0,
+                     threads: int | None = None, cores: Sequence[int] | None = None,
+                     progress: Callable[[int, int, float], None] | None = None) -> TrainOutput:
+    """Proxy-train ``arch`` and export both ONNX graphs (parity-checked). Never raises."""
+    from nas.affinity import pin
+
+    started = time.perf_counter()
+    node = socket.gethostname()
+    if cores:
+        pin(cores)
+    try:
+        from nas.onnx_export import export_onnx
+        from nas.proxy import train, weights_to_bytes
+
+        trained = train(arch, budget, data, seed=seed, threads=threads, progress=progress)
+        proxy = trained.result
+        trained_at = time.perf_counter()
+        if proxy.status == "diverged":
+            return TrainOutput(proxy, timings={"train": trained_at - started}, node=node,
+                               error=f"training diverged: {proxy.reason}" if proxy.reason
+                               else "training diverged")
+        with tempfile.TemporaryDirectory(prefix="nas-onnx-") as tmp:
+            graphs = export_onnx(trained.model, arch, Path(tmp))
+            prefill, decode = graphs.prefill.read_bytes(), graphs.decode.read_bytes()
+        exported_at = time.perf_counter()
+        return TrainOutput(
+            proxy=proxy, prefill_onnx=prefill, decode_onnx=decode,
+            weights=weights_to_bytes(trained.model),
+            timings={"train": trained_at - started, "export": exported_at - trained_at},
+            node=node)
+    except (Exception, MemoryError) as err:  # a failed candidate must not stop the search
+        return TrainOutput(None, timings={"train": time.perf_counter() - started}, node=node,
+                           error=describe_exception(err))
+
+
+def measure_profile(prefill_onnx: bytes, decode_onnx: bytes, profile: HardwareProfile, *,
+                    cores: Sequence[int] | None = None, node: str = "") -> ProfileLatency:
+    """Time both graphs on one profile, pinned to ``cores``."""
+    from nas.latency import measure
+
+    with tempfile.TemporaryDirectory(prefix="nas-latency-") as tmp:
+        prefill_path, decode_path = Path(tmp, "model.onnx"), Path(tmp, "decode.onnx")
+        prefill_path.write_bytes(prefill_onnx)
+        decode_path.write_bytes(decode_onnx)
+        result = measure(prefill_path, decode_path, profile, cpus=set(cores) if cores else None)
+    return dataclasses.replace(result, node=node or result.node or socket.gethostname())
+
+
+def assemble(arch: Architecture, train: TrainOutput, latencies: Sequence[ProfileLatency],
+             measure_seconds: float = 0.0) -> CandidateResult:
+    """Combine the training and timing outputs into the record the driver stores."""
+    timings = dict(train.timings)
+    timings["latency"] = measure_seconds
+    timings["total"] = sum(timings.values())
+    if not train.ok:
+        return CandidateResult(arch, "failed", metrics=static_metrics(arch), proxy=train.proxy,
+                               error=train.error, timings=timings, node=train.node)
+    assert train.proxy is not None  # ok implies a proxy result
+    metrics = static_metrics(arch)
+    metrics["val_loss"] = train.proxy.val_loss
+    metrics["tokens_per_s"] = train.proxy.tokens_per_s
+    for latency in latencies:
+        metrics.update(latency.metrics())
+    return CandidateResult(arch, "complete", metrics=metrics, proxy=train.proxy,
+                           latencies=tuple(latencies), timings=timings, weights=train.weights,
+                           node=train.node)
+
+
+def evaluate(arch: Architecture, budget: ProxyBudget, data, profiles: Sequence[HardwareProfile], *,
+             seed: int = 0, threads: int | None = None,
+             progress: Callable[[int, int, float], None] | None = None) -> CandidateResult:
+    """The whole evaluation in this process (``nas evaluate``): train, export, time."""
+    trained = train_and_export(arch, budget, data, seed=seed, threads=threads, progress=progress)
+    latencies: list[ProfileLatency] = []
+    started = time.perf_counter()
+    if trained.ok:
+        assert trained.prefill_onnx is not None and trained.decode_onnx is not None
+        try:
+            for profile in profiles:
+                latencies.append(measure_profile(trained.prefill_onnx, trained.decode_onnx, profile))
+        except Exception as err:  # noqa: BLE001 - reported as a failed candidate
+            trained = dataclasses.replace(trained, error=describe_exception(err))
+    return assemble(arch, trained, latencies, time.perf_counter() - started)

@@ -1,0 +1,108 @@
+"""A search's candidates as every reader sees them: objectives, feasibility, front and knee.
+
+`analyze` is the one place that turns stored records into a front, so ``nas show``,
+``nas pareto``, ``nas serve`` and ``nas report`` can never disagree about which candidates
+are on it. It takes records, not a store (`load_front` is the one-line convenience), and
+imports no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from nas import pareto
+from nas.errors import ConfigError
+from nas.pareto import Objective
+
+if TYPE_CHECKING:
+    from nas.store import CandidateRecord, SearchRecord, Store
+
+
+@dataclass(frozen=True, eq=False)
+class FrontAnalysis:
+    """Every candidate of one search and where the complete ones stand.
+
+    Arrays are aligned with ``complete`` (the points of the plots): ``values[i]`` holds
+    ``complete[i]``'s objectives (NaN where a metric is missing, which `nas.pareto` ranks worst).
+    """
+
+    search: SearchRecord
+    objectives: tuple[Objective, ...]
+    candidates: tuple[CandidateRecord, ...]  # every candidate, by trial number
+    complete: tuple[CandidateRecord, ...]  # the complete ones, by trial number
+    values: np.ndarray  # (len(complete), len(objectives)) float
+    feasible: np.ndarray  # (len(complete),) bool: meets every constraint
+    on_front: np.ndarray  # (len(complete),) bool: feasible and non-dominated
+    front: tuple[CandidateRecord, ...]  # the front, sorted by the first objective
+    knee_id: int | None
+    hypervolume: float  # of the front, w.r.t. ``reference``; 0.0 when there is none
+    reference: tuple[float, ...] | None  # the search's fixed reference, else one derived now
+    warnings: tuple[str, ...] = field(default=())  # shown to the user, never fatal
+
+    @property
+    def metrics(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    @property
+    def front_ids(self) -> frozenset[int]:
+        return frozenset(r.id for r in self.front)
+
+
+def analyze(search: SearchRecord, records: Sequence[CandidateRecord]) -> FrontAnalysis:
+    """The front of ``search`` among ``records`` (any states; only complete ones are ranked).
+
+    Feasibility comes from the search's own stored space, so a constraint means the same
+    here as it did to the driver. A stored space this code can no longer read is reported in
+    ``warnings`` and every candidate counts as feasible, rather than hiding the search.
+    """
+    objectives = tuple(Objective.parse((m, d)) for m, d in search.objectives)
+    metrics = [o.metric for o in objectives]
+    complete = tuple(r for r in records if r.state == "complete")
+    values = np.array([[r.metrics.get(m, math.nan) for m in metrics] for r in complete],
+                      dtype=float).reshape(len(complete), len(metrics))
+    feasible, warnings = _feasibility(search, complete)
+    if not complete:
+        empty = np.zeros(0, dtype=bool)
+        return FrontAnalysis(search, objectives, tuple(records), (), values, empty, empty, (),
+                             None, 0.0, search.reference_point, warnings)
+    summary = pareto.summarize(values, objectives, feasible=feasible,
+                               reference=search.reference_point)
+    on_front = np.zeros(len(complete), dtype=bool)
+    on_front[summary.front] = True
+    # By the first objective's value, ascending (NaN last), as `nas show` has always listed it.
+    front_idx = np.asarray(summary.front, dtype=int)
+    front = [complete[i] for i in front_idx[np.argsort(values[front_idx, 0], kind="stable")]]
+    knee = complete[summary.knee].id if summary.knee is not None else None
+    return FrontAnalysis(search, objectives, tuple(records), complete, values, feasible, on_front,
+                         tuple(front), knee, summary.hypervolume, summary.reference, warnings)
+
+
+def load_front(store: Store, name: str) -> FrontAnalysis:
+    """`analyze` over everything the store holds for search ``name`` (NotFoundError if none)."""
+    search = store.get_search(name)
+    return analyze(search, store.candidates(name))
+
+
+def _feasibility(search: SearchRecord,
+                 complete: Sequence[CandidateRecord]) -> tuple[np.ndarray, tuple[str, ...]]:
+    if not search.constraints:
+        return np.ones(len(complete), dtype=bool), ()
+    from nas.space import SearchSpace
+
+    try:
+        space = SearchSpace.from_dict(search.space, source=f"search {search.name}")
+    except ConfigError as err:
+        return (np.ones(len(complete), dtype=bool),
+                (f"constraints not checked: the stored search space cannot be read ({err})",))
+    # A complete candidate lacking a constrained metric is not known to violate it.
+    return np.array([all(v <= 0 for v in space.constraint_values(r.metrics, partial=True))
+                     for r in complete], dtype=bool), ()
