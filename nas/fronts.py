@@ -89,7 +89,7 @@ def analyze(search: SearchRecord, records: Sequence[CandidateRecord]) -> FrontAn
 def load_front(store: Store, name: str) -> FrontAnalysis:
     """`analyze` over everything the store holds for search ``name`` (NotFoundError if none)."""
     search = store.get_search(name)
-    return analyze(search, store.candidates(name))
+    return analyze(search, store.candidates(name, with_proxy=False))
 
 
 def _feasibility(search: SearchRecord,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, select
+from sqlalchemy import ColumnElement, delete, func, insert, literal, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -325,8 +325,13 @@ class Store:
 
     # ----- candidates: reads --------------------------------------------------------------
     @retrying
-    def candidates(self, search: str, states: Iterable[str] | None = None) -> list[CandidateRecord]:
-        """Candidates of a search by trial number, optionally only those in ``states``."""
+    def candidates(self, search: str, states: Iterable[str] | None = None, *,
+                   with_proxy: bool = True) -> list[CandidateRecord]:
+        """Candidates of a search by trial number, optionally only those in ``states``.
+
+        ``with_proxy=False`` leaves ``proxy`` empty: decoding every loss curve is ~90% of
+        reading 10,000 candidates, and lists, tables and fronts never show the curves.
+        """
         with self._read() as session:
             where = [Candidate.search_id == _search_row(session, search).id]
             if states is not None:
@@ -335,7 +340,7 @@ class Store:
                 if unknown:
                     raise ValueError(f"states {sorted(unknown)} not in {', '.join(CANDIDATE_STATES)}")
                 where.append(Candidate.state.in_(wanted))
-            return _load_candidates(session, *where)
+            return _load_candidates(session, *where, with_proxy=with_proxy)
 
     @retrying
     def candidate(self, candidate_id: int) -> CandidateRecord:
@@ -447,7 +452,8 @@ def _profile_latency(row: Any) -> ProfileLatency:
         decode=LatencyStats(row.decode_median_ms, row.decode_p90_ms, row.decode_cv, row.decode_n))
 
 
-def _load_candidates(session: Session, *where: ColumnElement[bool]) -> list[CandidateRecord]:
+def _load_candidates(session: Session, *where: ColumnElement[bool],
+                     with_proxy: bool = True) -> list[CandidateRecord]:
     """Candidates matching ``where`` with metrics, latencies and weights flags: four queries.
 
     Core column selects on the session's connection, not ORM entities: 10,000 candidates
@@ -457,8 +463,8 @@ def _load_candidates(session: Session, *where: ColumnElement[bool]) -> list[Cand
     rows = conn.execute(
         select(Candidate.id, Search.name, Candidate.trial_number, Candidate.architecture,
                Candidate.arch_hash, Candidate.state, Candidate.error, Candidate.attempts,
-               Candidate.timings, Candidate.proxy, Candidate.node, Candidate.started_at,
-               Candidate.finished_at)
+               Candidate.timings, Candidate.proxy if with_proxy else literal(None).label("proxy"),
+               Candidate.node, Candidate.started_at, Candidate.finished_at)
         .join(Search, Search.id == Candidate.search_id).where(*where)
         .order_by(Candidate.search_id, Candidate.trial_number)).all()
     if not rows:

@@ -1,0 +1,467 @@
+"""Plotly figures of a search, drawn from plain data.
+
+Every figure takes two steps: a *data* function (`pareto_data`, `hypervolume_data`,
+`parallel_data`, `loss_curve_data`, `thumbnail_data`) returns a NamedTuple that tests check
+directly, and a *spec* function turns it into Plotly's figure JSON, which the pages hand to
+plotly.js as it is (``*_figure`` wraps a spec in a validated `go.Figure`). Nothing here reads
+the database: callers pass a `nas.fronts.FrontAnalysis`, snapshot records or a candidate's
+proxy dict.
+
+Figures carry each candidate's id in ``customdata``, which is how the pages turn a click on
+a marker into the candidate's URL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from nas import pareto
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from nas.fronts import FrontAnalysis
+    from nas.store import CandidateRecord, SnapshotRecord
+
+FRONT_COLOR = "#2563eb"
+DOMINATED_COLOR = "#94a3b8"
+INFEASIBLE_COLOR = "#f97316"
+GROUPS = ("front", "dominated", "infeasible")
+_GROUP_STYLE = {  # dominated and infeasible points are faded so the front stands out
+    "front": {"name": "Pareto front", "color": FRONT_COLOR, "opacity": 1.0, "symbol": "circle"},
+    "dominated": {"name": "dominated", "color": DOMINATED_COLOR, "opacity": 0.45, "symbol": "circle"},
+    "infeasible": {"name": "infeasible (violates a constraint)", "color": INFEASIBLE_COLOR,
+                   "opacity": 0.4, "symbol": "x"},
+}
+# Architecture fields that are choices, not quantities: drawn with their names as tick labels.
+_CATEGORICAL = ("attention", "window", "sharing", "tie_embeddings")
+_MAX_INT_TICKS = 12  # integer fields with at most this many values are labelled value by value
+_THUMBNAIL_MAX_POINTS = 300  # a list page with many 10,000-candidate searches stays light
+_LAYOUT = {"margin": {"l": 60, "r": 20, "t": 30, "b": 50},
+           "font": {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12},
+           "hoverlabel": {"align": "left"}}
+
+
+# ----- shared ------------------------------------------------------------------------------
+class Axis(NamedTuple):
+    metric: str
+    direction: str  # "min" | "max"
+
+    @property
+    def title(self) -> str:
+        return f"{self.metric} ({'lower' if self.direction == 'min' else 'higher'} is better)"
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, float) and abs(value) >= 1e5 and value == int(value):
+        return f"{int(value):,}"
+    return f"{value:.4g}"
+
+
+def hover_text(record: CandidateRecord, metrics: Sequence[str], status: str = "") -> str:
+    """What hovering a candidate shows: trial, architecture and metrics (Plotly's HTML subset)."""
+    arch = record.architecture
+    lines = [f"<b>trial {record.trial_number}</b> (candidate {record.id}){' · ' + status if status else ''}",
+             arch.describe(), f"params {arch.n_params:,}"]
+    lines += [f"{m}: {_fmt(record.metrics[m])}" for m in metrics if m in record.metrics]
+    return "<br>".join(lines)
+
+
+# ----- Pareto scatter ----------------------------------------------------------------------
+class PointGroup(NamedTuple):
+    """The candidates of one kind (front, dominated or infeasible) as plotted."""
+
+    group: str
+    ids: list[int]
+    coords: list[list[float]]  # one list per axis
+    hover: list[str]
+    knee: list[bool]  # per point: is it the search's knee
+
+
+class ParetoData(NamedTuple):
+    axes: tuple[Axis, ...]  # two (scatter with a step line) or three (3-D)
+    groups: tuple[PointGroup, ...]  # front, dominated, infeasible: every drawn point once
+    step: tuple[list[float], list[float]]  # staircase through the 2-D front of these axes
+    knee_id: int | None
+    hidden_ids: list[int]  # complete candidates with a non-finite value on an axis
+
+    @property
+    def n_points(self) -> int:
+        return sum(len(g.ids) for g in self.groups)
+
+
+def objective_pairs(analysis: FrontAnalysis) -> list[tuple[str, str]]:
+    """Every ordered pair of distinct objectives: the axes a page may show."""
+    metrics = analysis.metrics
+    return [(x, y) for x in metrics for y in metrics if x != y]
+
+
+def default_axes(metrics: Sequence[str]) -> tuple[str, str]:
+    """x, y of the Pareto plot at first: the second objective (latency, typically) across,
+    the first (quality) up."""
+    return (metrics[1], metrics[0]) if len(metrics) >= 2 else (metrics[0], metrics[0])
+
+
+def pareto_data(analysis: FrontAnalysis, axes: Sequence[str]) -> ParetoData:
+    """Every complete candidate placed on ``axes`` (two or three objective names).
+
+    Groups: ``front`` is the search's front over *all* its objectives (feasible and
+    non-dominated); ``dominated`` and ``infeasible`` are faded. The step line is the front of
+    the feasible points *in these two axes*: for a two-objective search the same points as
+    ``front``, for more a projection that shows the trade-off the axes show.
+    """
+    if len(axes) not in (2, 3) or len(set(axes)) != len(axes):
+        raise ValueError(f"axes={list(axes)} must be two or three distinct objectives")
+    index = {m: i for i, m in enumerate(analysis.metrics)}
+    unknown = [a for a in axes if a not in index]
+    if unknown:
+        raise ValueError(f"axis {unknown[0]!r} is not an objective of search "
+                         f"{analysis.search.name!r} ({', '.join(analysis.metrics)})")
+    cols = [index[a] for a in axes]
+    axis_info = tuple(Axis(a, analysis.objectives[index[a]].direction) for a in axes)
+    values = analysis.values[:, cols] if len(analysis.complete) else np.zeros((0, len(cols)))
+    finite = np.all(np.isfinite(values), axis=1)
+    status = np.where(analysis.on_front, "front",
+                      np.where(analysis.feasible, "dominated", "infeasible"))
+    metrics = analysis.metrics
+    groups = []
+    for group in GROUPS:
+        idx = np.flatnonzero(finite & (status == group))
+        records = [analysis.complete[i] for i in idx]
+        label = {"front": "on the front", "dominated": "dominated", "infeasible": "infeasible"}[group]
+        groups.append(PointGroup(
+            group=group, ids=[r.id for r in records],
+            coords=[values[idx, k].tolist() for k in range(len(cols))],
+            hover=[hover_text(r, metrics, label + (", knee" if r.id == analysis.knee_id else ""))
+                   for r in records],
+            knee=[r.id == analysis.knee_id for r in records]))
+    step: tuple[list[float], list[float]] = ([], [])
+    if len(axes) == 2:
+        ok = finite & analysis.feasible
+        step = staircase(values[ok], [a.direction for a in axis_info])
+    hidden = [analysis.complete[i].id for i in np.flatnonzero(~finite)]
+    return ParetoData(axis_info, tuple(groups), step, analysis.knee_id, hidden)
+
+
+def staircase(points: Any, directions: Sequence[str]) -> tuple[list[float], list[float]]:
+    """Vertices of the boundary of the region the 2-D front of ``points`` dominates.
+
+    Worked in loss space (both minimised): the front sorted by x, each point joined to the
+    next by a horizontal then a vertical segment. Negating back keeps segments axis-parallel,
+    so the same vertices are right for any mix of min and max.
+    """
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    if pts.shape[0] == 0:
+        return [], []
+    signs = np.array([1.0 if pareto.Objective("m", d).direction == "min" else -1.0
+                      for d in directions])
+    front = np.unique(pts[pareto.pareto_front(pts, directions)] * signs, axis=0)  # sorted by x
+    xs: list[float] = []
+    ys: list[float] = []
+    for k, (x, y) in enumerate(front.tolist()):
+        if k:
+            xs.append(x)
+            ys.append(ys[-1])
+        xs.append(x)
+        ys.append(y)
+    return [float(v * signs[0]) for v in xs], [float(v * signs[1]) for v in ys]
+
+
+def pareto_spec(data: ParetoData) -> dict[str, Any]:
+    three_d = len(data.axes) == 3
+    traces: list[dict[str, Any]] = []
+    if not three_d and data.step[0]:
+        traces.append({"type": "scatter", "x": data.step[0], "y": data.step[1], "mode": "lines",
+                       "name": "front (step)", "hoverinfo": "skip", "showlegend": False,
+                       "line": {"color": FRONT_COLOR, "width": 1.5, "dash": "dot"}})
+    knee_at = None
+    for group in data.groups:
+        style = _GROUP_STYLE[group.group]
+        # One marker per candidate (tests and users count them); the knee gets an arrow.
+        trace = {"type": "scatter3d" if three_d else "scatter", "mode": "markers",
+                 "name": f"{style['name']} ({len(group.ids)})", "meta": group.group,
+                 "x": group.coords[0], "y": group.coords[1], "customdata": group.ids,
+                 "text": group.hover, "hovertemplate": "%{text}<extra></extra>",
+                 "visible": True if group.ids else "legendonly",
+                 "marker": {"color": style["color"], "opacity": style["opacity"],
+                            "size": 5 if three_d else 9, "symbol": style["symbol"],
+                            "line": {"width": 0.5, "color": "white"}}}
+        if three_d:
+            trace["z"] = group.coords[2]
+        traces.append(trace)
+        if True in group.knee:
+            k = group.knee.index(True)
+            knee_at = [c[k] for c in group.coords]
+    knee = [] if knee_at is None else [{
+        "text": "knee", "showarrow": True, "arrowhead": 2, "arrowsize": 0.8, "ax": 28, "ay": -28,
+        "arrowcolor": "#0f172a", "font": {"size": 11, "color": "#0f172a"},
+        "bgcolor": "rgba(255,255,255,0.8)", **dict(zip("xyz", knee_at))}]
+    titles = [{"title": {"text": a.title}, "zeroline": False} for a in data.axes]
+    layout: dict[str, Any] = {"height": 460, "clickmode": "event", "hovermode": "closest",
+                              "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}}
+    if three_d:
+        layout.update(scene={"xaxis": titles[0], "yaxis": titles[1], "zaxis": titles[2],
+                             "annotations": knee, "camera": {"eye": {"x": 1.6, "y": 1.6, "z": 0.9}}},
+                      margin={"l": 0, "r": 0, "t": 30, "b": 0}, height=560)
+    else:
+        layout.update(xaxis=titles[0], yaxis=titles[1], annotations=knee)
+    return _spec(traces, layout)
+
+
+# ----- hypervolume over time ---------------------------------------------------------------
+class HypervolumeData(NamedTuple):
+    n_complete: list[int]  # x: candidates finished when the snapshot was taken
+    hypervolume: list[float]
+    front_size: list[int]
+    times: list[str]  # ISO timestamps of the snapshots
+
+
+def hypervolume_data(snapshots: Sequence[SnapshotRecord], analysis: FrontAnalysis) -> HypervolumeData:
+    """The recorded hypervolume after each finished candidate.
+
+    The driver records none until its reference point is fixed (a few feasible results in);
+    those early snapshots are filled in from their front ids against the same reference, so
+    the curve starts at the first candidate instead of jumping in later.
+    """
+    by_id = {r.id: i for i, r in enumerate(analysis.complete)}
+    out = HypervolumeData([], [], [], [])
+    for snap in snapshots:
+        hv = snap.hypervolume
+        if hv is None and analysis.reference is not None:
+            rows = [by_id[i] for i in snap.front_ids if i in by_id]
+            hv = pareto.hypervolume(analysis.values[rows] if rows else [], analysis.objectives,
+                                    analysis.reference)
+        if hv is None:
+            continue
+        out.n_complete.append(snap.n_complete)
+        out.hypervolume.append(float(hv))
+        out.front_size.append(len(snap.front_ids))
+        out.times.append(snap.created_at.isoformat(timespec="seconds"))
+    return out
+
+
+def hypervolume_spec(data: HypervolumeData) -> dict[str, Any]:
+    trace = {"type": "scatter", "x": data.n_complete, "y": data.hypervolume,
+             "mode": "lines+markers", "line": {"shape": "hv", "color": FRONT_COLOR},
+             "marker": {"size": 5}, "customdata": [list(p) for p in zip(data.front_size, data.times)],
+             "hovertemplate": ("after %{x} candidates<br>hypervolume %{y:.4g}<br>front of "
+                               "%{customdata[0]}<br>%{customdata[1]}<extra></extra>")}
+    return _spec([trace], {"height": 300, "showlegend": False,
+                             "xaxis": {"title": {"text": "complete candidates"}, "rangemode": "tozero"},
+                             "yaxis": {"title": {"text": "hypervolume"}}})
+
+
+# ----- parallel coordinates ----------------------------------------------------------------
+class Dimension(NamedTuple):
+    label: str
+    values: list[float]
+    tickvals: list[float] | None = None  # where labelled ticks go (None: Plotly's own)
+    ticktext: list[str] | None = None
+
+
+class ParallelData(NamedTuple):
+    ids: list[int]
+    dimensions: tuple[Dimension, ...]  # architecture fields that vary, then the objectives
+    on_front: list[int]  # 1 for front candidates (drawn in the front colour), else 0
+
+
+def parallel_data(analysis: FrontAnalysis) -> ParallelData:
+    """Architecture fields against objectives for complete candidates with finite objectives.
+
+    Fields that never vary are left out (they carry no information); categorical fields
+    (attention, window, sharing, tied) become 0, 1, 2... with their values as tick labels, and
+    integer fields with few values get exactly those values as ticks. Rows are ordered front
+    last, so front lines are drawn on top.
+    """
+    finite = (np.all(np.isfinite(analysis.values), axis=1) if len(analysis.complete)
+              else np.zeros(0, dtype=bool))
+    idx = np.flatnonzero(finite)
+    idx = idx[np.argsort(analysis.on_front[idx], kind="stable")]
+    records = [analysis.complete[i] for i in idx]
+    # getattr, not dataclasses.asdict: 10,000 deep copies are most of this function's time.
+    names = [f.name for f in dataclasses.fields(records[0].architecture)] if records else []
+    arch_dicts = [{n: getattr(r.architecture, n) for n in names} for r in records]
+    dims = []
+    for name in names:
+        column = [a[name] for a in arch_dicts]
+        distinct = {repr(v) for v in column}
+        if len(records) > 1 and len(distinct) == 1:
+            continue
+        if name in _CATEGORICAL:
+            labels = sorted({_category(v) for v in column}, key=_category_key)
+            code = {label: k for k, label in enumerate(labels)}
+            dims.append(Dimension(name, [float(code[_category(v)]) for v in column],
+                                  [float(k) for k in range(len(labels))], labels))
+        elif all(isinstance(v, int) for v in column) and len(distinct) <= _MAX_INT_TICKS:
+            ticks = sorted(set(column))
+            dims.append(Dimension(name, [float(v) for v in column], [float(t) for t in ticks],
+                                  [str(t) for t in ticks]))
+        else:
+            dims.append(Dimension(name, [float(v) for v in column]))
+    for k, metric in enumerate(analysis.metrics):
+        dims.append(Dimension(metric, analysis.values[idx, k].tolist()))
+    return ParallelData([r.id for r in records], tuple(dims),
+                        [int(v) for v in analysis.on_front[idx]])
+
+
+def _category(value: Any) -> str:
+    if isinstance(value, bool):
+        return "tied" if value else "untied"
+    return "none" if value is None else str(value)
+
+
+def _category_key(label: str) -> tuple[int, float | str]:
+    try:  # windows sort as numbers (16 < 32 < 128), names alphabetically
+        return (0, float(label))
+    except ValueError:
+        return (1, label)
+
+
+def parallel_spec(data: ParallelData) -> dict[str, Any]:
+    dims = []
+    for d in data.dimensions:
+        dim: dict[str, Any] = {"label": d.label, "values": d.values}
+        if d.tickvals is not None:
+            lo, hi = min(d.tickvals), max(d.tickvals)
+            pad = 0.15 * (hi - lo) if hi > lo else 0.5  # keep end labels off the frame
+            dim.update(tickvals=d.tickvals, ticktext=d.ticktext, range=[lo - pad, hi + pad])
+        dims.append(dim)
+    trace = {"type": "parcoords", "dimensions": dims,
+             "line": {"color": data.on_front, "cmin": 0, "cmax": 1,
+                      "colorscale": [[0, "rgba(148,163,184,0.35)"], [1, FRONT_COLOR]]},
+             # The padded range's end values would read like data: drawn transparent.
+             "labelangle": -18, "labelfont": {"size": 11}, "tickfont": {"size": 10},
+             "rangefont": {"color": "rgba(0,0,0,0)"}}
+    # Wide right margin: the last label (an objective like latency:cpu-1t:decode_ms) is long.
+    return _spec([trace], {"height": 400, "margin": {"l": 40, "r": 110, "t": 80, "b": 20}})
+
+
+# ----- one candidate -----------------------------------------------------------------------
+class LossCurve(NamedTuple):
+    tokens: list[int]
+    loss: list[float]  # training loss (non-finite points dropped)
+    val_loss: float | None  # final validation loss, if finite
+    status: str  # the proxy run's status: ok | diverged | timeout
+
+
+def loss_curve_data(proxy: Mapping[str, Any]) -> LossCurve:
+    """The proxy run's training curve from a candidate's stored ``proxy`` dict ({} if none)."""
+    curve = [(int(t), float(v)) for t, v in proxy.get("curve", ()) if math.isfinite(float(v))]
+    val = proxy.get("val_loss")
+    return LossCurve([t for t, _ in curve], [v for _, v in curve],
+                     float(val) if isinstance(val, (int, float)) and math.isfinite(val) else None,
+                     str(proxy.get("status", "")))
+
+
+def loss_curve_spec(data: LossCurve) -> dict[str, Any]:
+    trace = {"type": "scatter", "x": data.tokens, "y": data.loss, "mode": "lines",
+             "name": "training loss", "line": {"color": FRONT_COLOR},
+             "hovertemplate": "%{x:,} tokens<br>loss %{y:.4f}<extra></extra>"}
+    layout: dict[str, Any] = {"height": 300, "showlegend": False,
+                              "xaxis": {"title": {"text": "training tokens"}},
+                              "yaxis": {"title": {"text": "loss (nats/token)"}}}
+    if data.val_loss is not None:
+        layout["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
+                             "y0": data.val_loss, "y1": data.val_loss,
+                             "line": {"color": INFEASIBLE_COLOR, "dash": "dash"}}]
+        layout["annotations"] = [{"xref": "paper", "x": 1, "xanchor": "right", "yref": "y",
+                                  "y": data.val_loss, "yanchor": "bottom", "showarrow": False,
+                                  "text": f"validation {data.val_loss:.4f}"}]
+    return _spec([trace], layout)
+
+
+# ----- thumbnail (an inline SVG: a list of searches draws one per row, no Plotly needed) ------
+class Thumbnail(NamedTuple):
+    width: int
+    height: int
+    points: list[tuple[float, float]]  # pixel coordinates, better towards the lower left
+    front: list[tuple[float, float]]  # the staircase through the front, in pixels
+
+
+def thumbnail_data(analysis: FrontAnalysis, width: int = 120, height: int = 48,
+                   pad: float = 4.0) -> Thumbnail | None:
+    """The default axes of the Pareto plot (second objective across, first up) as losses, so
+    lower-left is better; None without two objectives or a finite point. At most a few
+    hundred non-front points are kept, evenly spaced."""
+    if len(analysis.metrics) < 2 or not len(analysis.complete):
+        return None
+    signs = np.array([analysis.objectives[1].sign, analysis.objectives[0].sign])
+    loss = analysis.values[:, [1, 0]] * signs
+    ok = np.all(np.isfinite(loss), axis=1)
+    if not ok.any():
+        return None
+    lo, hi = loss[ok].min(axis=0), loss[ok].max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+
+    def px(p: Sequence[float]) -> tuple[float, float]:
+        x = pad + (p[0] - lo[0]) / span[0] * (width - 2 * pad)
+        y = height - pad - (p[1] - lo[1]) / span[1] * (height - 2 * pad)
+        return (round(float(x), 1), round(float(y), 1))
+
+    others = np.flatnonzero(ok & ~analysis.on_front)
+    if others.size > _THUMBNAIL_MAX_POINTS:
+        others = others[np.linspace(0, others.size - 1, _THUMBNAIL_MAX_POINTS).astype(int)]
+    front_loss = loss[ok & analysis.on_front]
+    xs, ys = staircase(front_loss, ["min", "min"])
+    return Thumbnail(width, height, [px(loss[i]) for i in others], [px(p) for p in zip(xs, ys)])
+
+
+def thumbnail_svg(data: Thumbnail | None) -> str:
+    """A small standalone ``<svg>`` (only numbers are interpolated: safe to inline)."""
+    if data is None:
+        return ""
+    dots = "".join(f'<circle cx="{x}" cy="{y}" r="1.6"/>' for x, y in data.points)
+    line = " ".join(f"{x},{y}" for x, y in data.front)
+    front_dots = "".join(f'<circle cx="{x}" cy="{y}" r="2.2"/>' for x, y in data.front[::2])
+    return (f'<svg class="thumb" width="{data.width}" height="{data.height}" '
+            f'viewBox="0 0 {data.width} {data.height}" role="img" aria-label="Pareto front">'
+            f'<g fill="{DOMINATED_COLOR}" fill-opacity="0.6">{dots}</g>'
+            f'<polyline points="{line}" fill="none" stroke="{FRONT_COLOR}" stroke-width="1.3"/>'
+            f'<g fill="{FRONT_COLOR}">{front_dots}</g></svg>')
+
+
+# ----- Plotly, the last step --------------------------------------------------------------
+def pareto_figure(data: ParetoData) -> go.Figure:
+    return to_figure(pareto_spec(data))
+
+
+def hypervolume_figure(data: HypervolumeData) -> go.Figure:
+    return to_figure(hypervolume_spec(data))
+
+
+def parallel_figure(data: ParallelData) -> go.Figure:
+    return to_figure(parallel_spec(data))
+
+
+def loss_curve_figure(data: LossCurve) -> go.Figure:
+    return to_figure(loss_curve_spec(data))
+
+
+def to_figure(spec: dict[str, Any]) -> go.Figure:
+    """A validated Plotly figure: an unknown property or a bad value raises here."""
+    import plotly.graph_objects as go
+
+    return go.Figure(spec)
+
+
+@functools.lru_cache(maxsize=1)
+def _template() -> dict[str, Any]:
+    import plotly.io as pio
+
+    return pio.templates["plotly_white"].to_plotly_json()
+
+
+def _spec(traces: list[dict[str, Any]], layout: dict[str, Any]) -> dict[str, Any]:
+    """A figure as Plotly's JSON (``{"data": [...], "layout": {...}}``), ready for
+    ``Plotly.react``. The pages send these as they are: building a `go.Figure` validates and
+    deep-copies every value, most of the time a 10,000-candidate page would take. The
+    ``*_figure`` functions (and the tests) validate them."""
+    return {"data": traces, "layout": {"template": _template(), **_LAYOUT, **layout}}

@@ -1,0 +1,46 @@
+"""``nas report NAME -o report.html``: one self-contained HTML file of a search.
+
+The search page of ``nas serve`` rendered with its data embedded: the same template,
+figures (`nas.plots`), table and script, plus plotly.js inline. Nothing is fetched when it
+opens: no server, no network. Clicking a point finds the candidate in the table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nas import plots
+from nas.service.templating import environment
+from nas.service.views import ViewCache, search_out
+
+if TYPE_CHECKING:
+    from nas.store import Store
+
+MAX_PAIR_OBJECTIVES = 4  # axis choices embedded for the first 4 objectives: at most 12 plots
+
+
+def render_report(store: Store, name: str) -> str:
+    """The report's HTML (NotFoundError for an unknown search)."""
+    from plotly.offline import get_plotlyjs
+
+    view = ViewCache(store, size=1, background=False).get(name)
+    analysis = view.analysis
+    axes = list(plots.default_axes(analysis.metrics))
+    first = analysis.metrics[:MAX_PAIR_OBJECTIVES]
+    pairs = [(x, y) for x, y in plots.objective_pairs(analysis) if x in first and y in first]
+    figures = view.figures(axes, parts=("pareto3d", "hypervolume", "parallel"))
+    figures["pareto"] = {f"{x}|{y}": view.pareto_figure((x, y)) for x, y in pairs}
+    data = {"figures": figures, "candidates": view.rows()}
+    return environment().get_template("search.html").render(
+        offline=True, token_required=False, name=name, search=search_out(view.summary, view.search),
+        axes=axes, data=data, api_base="", plotly_js=get_plotlyjs(),
+        written=datetime.now(timezone.utc))
+
+
+def write_report(store: Store, name: str, path: str | Path) -> Path:
+    """Write the report of search ``name`` to ``path`` (parent directories must exist)."""
+    path = Path(path)
+    path.write_text(render_report(store, name), encoding="utf-8")
+    return path

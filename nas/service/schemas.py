@@ -1,0 +1,141 @@
+"""Pydantic models of the JSON API: what clients see, kept apart from the store's tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from nas.service.launcher import MAX_TRIALS, MAX_YAML_BYTES, NAME_PATTERN
+
+ProfileName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+SearchStatus = Literal["running", "stopping", "stopped", "finished", "failed"]
+CandidateState = Literal["running", "complete", "failed", "pruned"]
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class ObjectiveOut(BaseModel):
+    metric: str
+    direction: Literal["min", "max"]
+
+
+class SearchSummaryOut(BaseModel):
+    name: str
+    status: SearchStatus
+    trials: int = Field(description="trials budget")
+    n_complete: int
+    n_failed: int
+    n_pruned: int
+    n_running: int
+    front_size: int
+    hypervolume: float | None
+    created_at: datetime
+    updated_at: datetime = Field(description="last write to the search or its candidates: poll it")
+    finished_at: datetime | None
+    version: str = Field(description="changes whenever the search or its candidates do; "
+                                     "figures and candidate lists say which version they show")
+    url: str = Field(description="the search's page")
+
+
+class SearchOut(SearchSummaryOut):
+    objectives: list[ObjectiveOut]
+    constraints: list[str]
+    profiles: list[str]
+    budget: dict[str, Any]
+    data: dict[str, Any]
+    space: dict[str, Any]
+    reference_point: list[float] | None
+    error: str
+    started_at: datetime | None
+
+
+class CandidateBrief(BaseModel):
+    id: int
+    search: str
+    trial_number: int
+    state: CandidateState
+    error: str
+    architecture: dict[str, Any]
+    description: str = Field(description="short label, e.g. 'L4 d64 h4/kv2 ffn4 softmax none tied'")
+    arch_hash: str
+    params: int
+    metrics: dict[str, float | None] = Field(description="null where a value is NaN or infinite")
+    on_front: bool
+    knee: bool
+    feasible: bool | None = Field(description="meets every constraint; null unless complete")
+    url: str = Field(description="the candidate's page")
+
+
+class FrontOut(BaseModel):
+    search: str
+    objectives: list[ObjectiveOut]
+    reference_point: list[float] | None
+    hypervolume: float
+    knee_id: int | None
+    candidates: list[CandidateBrief] = Field(description="the front, by the first objective")
+
+
+class LatencyStatsOut(BaseModel):
+    median_ms: float | None
+    p90_ms: float | None
+    cv: float | None
+    n: int
+
+
+class ProfileLatencyOut(BaseModel):
+    profile: str
+    profile_hash: str
+    node: str
+    prefill: LatencyStatsOut
+    decode: LatencyStatsOut
+
+
+class CandidateOut(CandidateBrief):
+    attempts: int
+    latencies: list[ProfileLatencyOut]
+    proxy: dict[str, Any] = Field(description="the proxy training run: val_loss, curve, tokens...")
+    timings: dict[str, float | None]
+    node: str
+    started_at: datetime
+    finished_at: datetime | None
+    has_weights: bool
+    search_url: str
+    export_url: str = Field(description="zip of the exported model (architecture, ONNX, weights)")
+
+
+class LaunchIn(BaseModel):
+    """A search to start: a shipped space by name, or a whole space as YAML text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_', '-'; at most 64")
+    space: str | None = Field(None, pattern=NAME_PATTERN, description="a shipped space, e.g. 'tiny'")
+    space_yaml: str | None = Field(None, min_length=1, max_length=MAX_YAML_BYTES,
+                                   description="a search space as YAML (corpus: stdlib only)")
+    profiles: list[ProfileName] | None = Field(None, min_length=1, max_length=8,
+                                       description="shipped hardware profiles; default: the space's")
+    trials: int | None = Field(None, ge=1, le=MAX_TRIALS, description="default: the space's")
+
+    @model_validator(mode="after")
+    def _one_space(self) -> LaunchIn:
+        if (self.space is None) == (self.space_yaml is None):
+            raise ValueError("give exactly one of 'space' (a name) or 'space_yaml' (YAML text)")
+        return self
+
+
+class LaunchOut(BaseModel):
+    name: str
+    status: Literal["starting"]
+    pid: int
+    url: str = Field(description="the search's page (it shows 'starting' until the search exists)")
+    api_url: str
+
+
+class StopOut(BaseModel):
+    name: str
+    status: SearchStatus

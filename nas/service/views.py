@@ -1,0 +1,284 @@
+"""What the pages, the API and the report show about a search, read once and cached.
+
+A `SearchView` is everything about one search at one moment: its summary, the
+`FrontAnalysis` of its candidates, its snapshots, and (computed on first use) figures and
+table rows. `ViewCache` keeps the latest view per search and knows from a cheap summary
+query (the search's `version`) when it is out of date. The ``*_out`` functions turn records
+into the JSON-ready dicts of the API's schemas, which pages and reports embed as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+from nas import plots
+from nas.errors import NotFoundError
+from nas.fronts import FrontAnalysis, analyze
+from nas.pareto import Objective
+
+if TYPE_CHECKING:
+    from nas.store import CandidateRecord, SearchRecord, SearchSummary, SnapshotRecord, Store
+
+T = TypeVar("T")
+log = logging.getLogger("nas.service")
+ACTIVE_STATUSES = ("running", "stopping")  # a page polls while its search is in one of these
+
+
+def search_url(name: str) -> str:
+    return f"/searches/{quote(name, safe='')}"
+
+
+def candidate_url(candidate_id: int) -> str:
+    return f"/candidates/{candidate_id}"
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN or infinity: a missing or broken measurement reads as null."""
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+class SearchView:
+    """One search as read at one moment; derived data is computed once, on first use."""
+
+    def __init__(self, summary: SearchSummary, analysis: FrontAnalysis,
+                 snapshots: Sequence[SnapshotRecord]) -> None:
+        self.summary = summary
+        self.version = version(summary)
+        self.analysis = analysis
+        self.snapshots = list(snapshots)
+        self._memo: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def search(self) -> SearchRecord:
+        return self.analysis.search
+
+    def memo(self, key: Any, compute: Callable[[], T]) -> T:
+        """``compute()`` once per key; concurrent first callers may both compute (harmless)."""
+        with self._lock:
+            if key in self._memo:
+                return self._memo[key]
+        value = compute()
+        with self._lock:
+            return self._memo.setdefault(key, value)
+
+    # ----- figures --------------------------------------------------------------------
+    def pareto_figure(self, axes: Sequence[str]) -> dict[str, Any]:
+        axes = tuple(axes)
+        return self.memo(("pareto", axes),
+                         lambda: plots.pareto_spec(plots.pareto_data(self.analysis, axes)))
+
+    def figures(self, axes: Sequence[str] | None = None,
+                parts: Sequence[str] = ("pareto", "pareto3d", "hypervolume", "parallel")
+                ) -> dict[str, Any]:
+        """The search page's figures as Plotly JSON; ``axes`` are two objectives (x, y)."""
+        analysis = self.analysis
+        axes = list(axes) if axes else list(plots.default_axes(analysis.metrics))
+        out: dict[str, Any] = {"version": self.version, "axes": axes, "objectives": analysis.metrics,
+                               "front_size": len(analysis.front), "knee_id": analysis.knee_id,
+                               "warnings": list(analysis.warnings)}
+        if "pareto" in parts and len(analysis.metrics) >= 2:
+            out["pareto"] = self.pareto_figure(axes)
+        if "pareto3d" in parts and len(analysis.metrics) >= 3:
+            out["pareto3d"] = self.pareto_figure(analysis.metrics[:3])
+        if "hypervolume" in parts:
+            out["hypervolume"] = self.memo("hypervolume", lambda: plots.hypervolume_spec(
+                plots.hypervolume_data(self.snapshots, analysis)))
+        if "parallel" in parts:
+            out["parallel"] = self.memo("parallel",
+                                        lambda: plots.parallel_spec(plots.parallel_data(analysis)))
+        return out
+
+    def thumbnail_svg(self) -> str:
+        return self.memo("thumbnail", lambda: plots.thumbnail_svg(plots.thumbnail_data(self.analysis)))
+
+    # ----- table rows -----------------------------------------------------------------
+    def rows(self) -> list[dict[str, Any]]:
+        """One plain dict per candidate (the API's `CandidateBrief`), by trial number."""
+        return self.memo("rows", self._rows)
+
+    def _rows(self) -> list[dict[str, Any]]:
+        a = self.analysis
+        front, knee = a.front_ids, a.knee_id
+        feasible = {r.id: bool(f) for r, f in zip(a.complete, a.feasible.tolist())}
+        return [candidate_brief(r, on_front=r.id in front, knee=r.id == knee,
+                                feasible=feasible.get(r.id)) for r in a.candidates]
+
+
+def candidate_brief(record: CandidateRecord, *, on_front: bool, knee: bool,
+                    feasible: bool | None) -> dict[str, Any]:
+    arch = record.architecture
+    return {
+        "id": record.id, "search": record.search, "trial_number": record.trial_number,
+        "state": record.state, "error": record.error, "architecture": arch.to_dict(),
+        "description": arch.describe(), "arch_hash": record.arch_hash, "params": arch.n_params,
+        "metrics": {k: finite_or_none(v) for k, v in record.metrics.items()},
+        "on_front": on_front, "knee": knee, "feasible": feasible,
+        "url": candidate_url(record.id),
+    }
+
+
+# ----- JSON-ready dicts (the API's schemas, also embedded in pages and reports) -------------
+def summary_out(s) -> dict[str, Any]:
+    return {"name": s.name, "status": s.status, "trials": s.trials, "n_complete": s.n_complete,
+            "n_failed": s.n_failed, "n_pruned": s.n_pruned, "n_running": s.n_running,
+            "front_size": s.front_size, "hypervolume": s.hypervolume, "created_at": s.created_at,
+            "updated_at": s.updated_at, "finished_at": s.finished_at, "version": version(s),
+            "url": search_url(s.name)}
+
+
+def search_out(summary: SearchSummary, search: SearchRecord) -> dict[str, Any]:
+    """A search without reading its candidates: what pages poll must stay cheap when a
+    search has 10,000 of them (front size and hypervolume are the latest snapshot's)."""
+    objectives = [Objective.parse((m, d)) for m, d in search.objectives]
+    return {**summary_out(summary),
+            "objectives": [{"metric": o.metric, "direction": o.direction} for o in objectives],
+            "constraints": list(search.constraints),
+            "profiles": [p.get("name", "") for p in search.profiles], "budget": search.budget,
+            "data": search.data, "space": search.space,
+            "reference_point": list(search.reference_point) if search.reference_point else None,
+            "error": search.error, "started_at": search.started_at}
+
+
+def _stats(s) -> dict[str, Any]:
+    return {"median_ms": finite_or_none(s.median_ms), "p90_ms": finite_or_none(s.p90_ms),
+            "cv": finite_or_none(s.cv), "n": s.n}
+
+
+def candidate_out(record, view: SearchView) -> dict[str, Any]:
+    a = view.analysis
+    feasible = next((bool(f) for r, f in zip(a.complete, a.feasible) if r.id == record.id), None)
+    brief = candidate_brief(record, on_front=record.id in a.front_ids, knee=record.id == a.knee_id,
+                            feasible=feasible)
+    return {**brief, "attempts": record.attempts,
+            "latencies": [{"profile": lat.profile, "profile_hash": lat.profile_hash,
+                           "node": lat.node, "prefill": _stats(lat.prefill),
+                           "decode": _stats(lat.decode)} for lat in record.latencies],
+            "proxy": record.proxy,
+            "timings": {k: finite_or_none(v) for k, v in record.timings.items()},
+            "node": record.node, "started_at": record.started_at,
+            "finished_at": record.finished_at, "has_weights": record.has_weights,
+            "search_url": search_url(record.search),
+            "export_url": f"/api/candidates/{record.id}/export"}
+
+
+class ViewCache:
+    """The latest `SearchView` of a few searches, kept fresh without making readers wait.
+
+    The first read of a search builds its view (for 10,000 candidates about two seconds,
+    nearly all of it in `Store.candidates`). After that, a read that finds the search changed
+    gets the previous view at once while one background thread builds the new one
+    (stale-while-revalidate): a page polling a running search never waits on a rebuild.
+    Every view carries its ``version`` and so does the cheap `search` read, so a page knows
+    when what it drew is behind and fetches again.
+    """
+
+    def __init__(self, store: Store, size: int = 8, background: bool = True) -> None:
+        self.store = store
+        self.size = size
+        self.background = background  # False: every read waits for a fresh view (reports)
+        self._views: OrderedDict[str, SearchView] = OrderedDict()
+        self._lock = threading.Lock()
+        self._building: dict[str, threading.Lock] = {}
+        self._refreshing: set[str] = set()
+
+    def summaries(self) -> list[SearchSummary]:
+        return self.store.list_searches()
+
+    def search(self, name: str) -> tuple[SearchSummary, SearchRecord]:
+        """Summary and record of one search: two small queries, no candidates."""
+        summary = self.summary(name)
+        return summary, self.store.get_search(name)
+
+    def summary(self, name: str) -> SearchSummary:
+        for s in self.store.list_searches():
+            if s.name == name:
+                return s
+        self.store.get_search(name)  # raises NotFoundError listing the existing names
+        raise NotFoundError(f"no search named {name!r}")  # created and deleted in between
+
+    def get(self, name: str) -> SearchView:
+        summary = self.summary(name)
+        with self._lock:
+            cached = self._views.get(name)
+            if cached is not None:
+                self._views.move_to_end(name)
+                if cached.version == version(summary):
+                    return cached
+                if self.background:
+                    self._refresh_later(name)
+                    return cached
+        return self._rebuild(name)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._views.clear()
+
+    def _refresh_later(self, name: str) -> None:
+        """Start one background rebuild of ``name`` unless one is running (caller holds the lock)."""
+        if name in self._refreshing:
+            return
+        self._refreshing.add(name)
+
+        def run() -> None:
+            try:
+                self._rebuild(name)
+            except Exception:  # noqa: BLE001 - a failed refresh leaves the old view; the next read retries
+                log.warning("refreshing search %r failed", name, exc_info=True)
+            finally:
+                with self._lock:
+                    self._refreshing.discard(name)
+
+        threading.Thread(target=run, name=f"nas-view-{name}", daemon=True).start()
+
+    def _rebuild(self, name: str) -> SearchView:
+        with self._lock:
+            building = self._building.setdefault(name, threading.Lock())
+        # One build per search at a time; a reader that waited reuses what was just built.
+        with building:
+            summary = self.summary(name)
+            with self._lock:
+                cached = self._views.get(name)
+                if cached is not None and cached.version == version(summary):
+                    return cached
+            view = self._build(name, summary)
+            with self._lock:
+                self._views[name] = view
+                self._views.move_to_end(name)
+                while len(self._views) > self.size:
+                    self._views.popitem(last=False)
+            return view
+
+    def _build(self, name: str, summary: SearchSummary) -> SearchView:
+        search = self.store.get_search(name)
+        analysis = analyze(search, self.store.candidates(name, with_proxy=False))
+        return SearchView(summary, analysis, self.store.pareto_snapshots(name))
+
+
+def version(s: SearchSummary) -> str:
+    """Changes whenever the search or its candidates do: ``updated_at`` moves on every write
+    to them, and the snapshot fields catch the snapshot the driver writes right after."""
+    key = (s.updated_at.isoformat(), s.status, s.n_complete, s.n_failed, s.n_pruned,
+           s.n_running, s.front_size, s.hypervolume)
+    return hashlib.sha1(repr(key).encode()).hexdigest()[:12]
+
+
+def json_bytes(value: Any) -> bytes:
+    """JSON for large responses, without FastAPI's per-value `jsonable_encoder` walk.
+
+    Figures and rows are plain types already; NaN/infinity (not JSON) become null in the
+    rare document that has them."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        from nas.service.templating import _clean
+
+        return json.dumps(_clean(value), separators=(",", ":")).encode()

@@ -1,0 +1,230 @@
+"""A real search, a real server and a real browser (Debian's headless Chromium via Selenium).
+
+The search is launched through ``POST /api/searches`` on a running ``nas serve``, so the whole
+path runs for real: the launcher starts ``python -m nas search`` (the same driver as the CLI,
+with a small proxy budget), the browser opens the search's page while it is still starting,
+and the page must turn into the search and redraw itself as candidates finish, without a
+reload. Then: one marker per complete candidate, a click on a marker lands on that
+candidate's page, and screenshots go to the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ROOT = Path(__file__).resolve().parents[2]
+TRIALS = 3
+SEARCH_TIMEOUT_S = 420
+POINTS_JS = "return document.querySelectorAll('#pareto .scatterlayer .trace .points path.point').length"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip("needs Debian's chromium and chromium-driver "
+                    "(apt-get install chromium chromium-driver; .ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--window-size=1400,1100",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """``nas serve`` on a free port over an empty database; yields its base URL."""
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'nas.db'}"
+    # The launcher's private directory (and Ray's) go in a scratch directory removed at the
+    # end; a short path, as Ray's socket paths must fit in 107 characters.
+    scratch = tempfile.mkdtemp(prefix="nas-bt-")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": scratch}
+    env.pop("NAS_TOKEN", None)
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "serve", "--db", db, "--port", str(port)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"nas serve exited: {(tmp_path / 'serve.log').read_text()}")
+        try:
+            return httpx.get(f"{base}/api/searches", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, 60, "nas serve to answer")
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def small_space() -> str:
+    """The tiny space with a smaller proxy budget: seconds per candidate on a busy laptop."""
+    space = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
+    space["budget"].update(tokens=40_000, max_seconds=20)
+    return yaml.safe_dump(space, sort_keys=False)  # objectives keep their order
+
+
+def test_browse_a_real_search(server, browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    r = httpx.post(f"{server}/api/searches", timeout=60,
+                   json={"name": "browser", "space_yaml": small_space(), "trials": TRIALS})
+    assert r.status_code == 202, r.text
+    launched = r.json()
+    try:
+        # Open the page at once: it shows "starting", then becomes the search's page.
+        browser.get(server + launched["url"])
+
+        def search_page() -> bool:
+            if "exited (" in browser.find_element("tag name", "h1").text:
+                raise AssertionError("the search process failed:\n" +
+                                     browser.find_element("css selector", "pre.log").text)
+            return browser.execute_script("return !!document.getElementById('pareto')")
+
+        wait_until(search_page, 180, "the search page (the driver creating the search)", interval=1)
+        browser.execute_script("window.__sameDocument = true")
+
+        def finished():
+            s = httpx.get(f"{server}/api/searches/browser", timeout=10).json()
+            return s if s["status"] not in ("running", "stopping") else None
+
+        search = wait_until(finished, SEARCH_TIMEOUT_S, "the search to finish", interval=2)
+        assert search["status"] == "finished", search
+        complete = search["n_complete"]
+        assert complete >= 1 and complete + search["n_failed"] == TRIALS
+
+        # The page redrew by itself: one marker per complete candidate, no reload.
+        wait_until(lambda: browser.execute_script(POINTS_JS) == complete, 30,
+                   f"{complete} markers on the Pareto plot")
+        assert browser.execute_script("return window.__sameDocument === true")
+        assert browser.find_element("id", "status").text == "finished"
+        rows = browser.find_elements("css selector", "#candidates tbody tr")
+        assert len(rows) == TRIALS
+        assert browser.find_element("id", "st-progress").text == f"{TRIALS} / {TRIALS}"
+        browser.set_window_size(1400, 2000)  # the whole page in the screenshot
+        time.sleep(1)  # Plotly redraws responsive plots after a resize
+        browser.save_screenshot(str(tmp_path / "search.png"))
+        browser.set_window_size(1400, 1100)
+        time.sleep(1)
+
+        # Click a marker of the front where Plotly draws it.
+        target = browser.execute_script("""
+            const gd = document.getElementById('pareto');
+            const trace = gd.data.find(t => t.meta === 'front');
+            const fl = gd._fullLayout, rect = gd.getBoundingClientRect();
+            return {id: trace.customdata[0], w: rect.width, h: rect.height,
+                    x: fl._size.l + fl.xaxis.d2p(trace.x[0]), y: fl._size.t + fl.yaxis.d2p(trace.y[0])};
+        """)
+        plot = browser.find_element("id", "pareto")
+        ActionChains(browser).move_to_element_with_offset(
+            plot, round(target["x"] - target["w"] / 2), round(target["y"] - target["h"] / 2)
+        ).pause(0.5).click().perform()
+        wait_until(lambda: re.search(r"/candidates/(\d+)$", browser.current_url), 20,
+                   "the click to open a candidate")
+        assert browser.current_url.endswith(f"/candidates/{target['id']}")
+        heading = browser.find_element("tag name", "h1").text
+        assert f"candidate {target['id']}" in heading
+        assert browser.find_element("id", "export").get_attribute("href").endswith(
+            f"/api/candidates/{target['id']}/export")
+        wait_until(lambda: browser.execute_script(
+            "return document.querySelectorAll('#loss .scatterlayer .trace').length") == 1,
+            20, "the loss curve")
+        browser.save_screenshot(str(tmp_path / "candidate.png"))
+        assert (tmp_path / "search.png").stat().st_size > 10_000
+        print(f"screenshots: {tmp_path / 'search.png'} {tmp_path / 'candidate.png'}")
+    finally:
+        # The search runs in its own session: end it (and its workers) if the test failed.
+        try:
+            os.killpg(launched["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def test_offline_report_in_the_browser(browser, tmp_path):
+    """The report of a three-objective search opens from a file: plots drawn, nothing fetched,
+    a click finds the candidate in the table, and the 3-D view draws."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from nas.report import write_report
+    from nas.store import Store
+
+    from .factories import make_search
+
+    with Store(f"sqlite:///{tmp_path / 'nas.db'}") as store:
+        make_search(store, "cube", three_objectives=True)
+        report = write_report(store, "cube", tmp_path / "report.html")
+    browser.get(report.as_uri())
+    wait_until(lambda: browser.execute_script(POINTS_JS) == 6, 30, "6 markers in the report")
+    fetched = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)")
+    assert fetched == [], f"the report fetched {fetched}"
+    rows = browser.find_elements("css selector", "#candidates tbody tr")
+    assert len(rows) == 7
+    target = browser.execute_script("""
+        const gd = document.getElementById('pareto');
+        const trace = gd.data.find(t => t.meta === 'front');
+        const fl = gd._fullLayout, rect = gd.getBoundingClientRect();
+        return {id: trace.customdata[0], w: rect.width, h: rect.height,
+                x: fl._size.l + fl.xaxis.d2p(trace.x[0]), y: fl._size.t + fl.yaxis.d2p(trace.y[0])};
+    """)
+    plot = browser.find_element("id", "pareto")
+    ActionChains(browser).move_to_element_with_offset(
+        plot, round(target["x"] - target["w"] / 2), round(target["y"] - target["h"] / 2)
+    ).pause(0.5).click().perform()
+    wait_until(lambda: len(browser.find_elements("css selector", "#candidates tbody tr")) == 1,
+               10, "the table to show the clicked candidate")
+    row = browser.find_element("css selector", "#candidates tbody tr")
+    assert row.get_attribute("data-id") == str(target["id"])
+    browser.find_element("id", "view3d").click()
+    wait_until(lambda: browser.execute_script(
+        "return document.querySelectorAll('#pareto .gl-container canvas, #pareto canvas').length > 0"
+        " && document.getElementById('pareto').dataset.view === '3d'"), 20, "the 3-D view")
+    browser.save_screenshot(str(tmp_path / "report-3d.png"))
