@@ -1,0 +1,259 @@
+"""Every row of docs/bad-input.md, checked against what the user really sees.
+
+The catalogue is the source of truth: each test reads its row's exit status (or HTTP status)
+and exact message from the table (`harness.bad_inputs`), so the docs and the code cannot
+drift apart. CLI rows run `nas.cli.main` (the console script's entry point) in this process
+with the working directory set to a fresh folder, so paths in messages are relative; the
+HTTP rows call the web service's app. Rows that need a Ray cluster live in test_cluster.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from harness import DATA, EDGE_PROFILE, PROFILE, assert_documented, bad_inputs, cli_error, free_port
+
+import nas.cli
+from nas.service import create_app
+from nas.store import Store
+
+BASE_SPACE: dict[str, Any] = yaml.safe_load((DATA / "e2e.yaml").read_text())
+ROWS = bad_inputs()
+
+
+def space(path: str = "bad.yaml", **changes: Any) -> Callable[[Path], None]:
+    """Write the e2e space with ``changes`` (dotted keys; None deletes) to ``path``."""
+
+    def write(cwd: Path) -> None:
+        data = copy.deepcopy(BASE_SPACE)
+        for dotted, value in changes.items():
+            *parents, key = dotted.replace("__", ".").split(".")
+            node = data
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            if value is None:
+                node.pop(key, None)
+            else:
+                node[key] = value
+        (cwd / path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+    return write
+
+
+def text_file(path: str, content: str | bytes) -> Callable[[Path], None]:
+    def write(cwd: Path) -> None:
+        target = cwd / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+
+    return write
+
+
+def profile(name: str, **fields: Any) -> Callable[[Path], None]:
+    data = yaml.safe_load(PROFILE.read_text())
+    data.update(fields)
+    return text_file(f"{name}.yaml", yaml.safe_dump(data))
+
+
+def existing_search(name: str = "taken", **overrides: Any) -> Callable[[Path], None]:
+    """A search already in ./nas.db, created from the e2e space with some field changed."""
+
+    def create(cwd: Path) -> None:
+        from nas.space import load_space
+
+        e2e = load_space(DATA / "e2e.yaml")
+        fields = {"space": e2e.to_dict(), "space_hash": e2e.hash, "profiles": [{"name": "e2e-1t"}],
+                  "objectives": [], "constraints": [], "data": e2e.data.to_dict(), "budget": {},
+                  "trials": 1, "study_name": f"nas:{name}", **overrides}
+        with Store(f"sqlite:///{cwd / 'nas.db'}") as store:
+            store.create_search(name, **fields)
+            store.set_status(name, "finished")
+
+    return create
+
+
+@dataclass(frozen=True)
+class Cli:
+    """``nas ARGS`` run in a fresh folder after ``setup`` wrote its files there."""
+
+    args: list[str]
+    setup: list[Callable[[Path], None]] = field(default_factory=list)
+
+
+SEARCH = ["search", str(DATA / "e2e.yaml"), "--profiles", str(PROFILE)]
+
+CLI: dict[str, Cli] = {
+    # search spaces
+    "space-unknown-key": Cli(["search", "bad.yaml"], [space(architecture__n_layers=3)]),
+    "space-wrong-type": Cli(["search", "bad.yaml"], [space(trials="many")]),
+    "space-wrong-value-type": Cli(["search", "bad.yaml"],
+                                  [space(architecture__d_model={"choices": [16, "wide"]})]),
+    "space-empty-choices": Cli(["search", "bad.yaml"], [space(architecture__d_model={"choices": []})]),
+    "space-bare-list": Cli(["search", "bad.yaml"], [space(architecture__d_model=[16, 32])]),
+    "space-bad-range": Cli(["search", "bad.yaml"], [space(architecture__n_layer={"range": [3]})]),
+    "space-unknown-metric": Cli(["search", "bad.yaml"], [space(objectives={"speed": "min"})]),
+    "space-not-yaml": Cli(["search", "bad.yaml"], [text_file("bad.yaml", "objectives: [val_loss\n")]),
+    "space-unknown-name": Cli(["search", "nope"]),
+    "space-missing-file": Cli(["search", "missing.yaml"]),
+    "constraints-unmeetable": Cli(["search", "bad.yaml"], [space(constraints=["params <= 10"])]),
+    "constraints-unmeetable-together": Cli(["search", "bad.yaml"], [space(
+        constraints=["params <= 5e3", "decode_mflops >= 0.2"])]),
+    "constraint-strict-operator": Cli(["search", "bad.yaml"], [space(constraints=["params < 2e5"])]),
+    # hardware profiles
+    "profile-unknown": Cli([*SEARCH[:2], "--profiles", "nope"]),
+    "profile-not-measured": Cli(["search", "space.yaml", "--profiles", "cpu-1t"], [space("space.yaml")]),
+    "profile-unknown-key": Cli([*SEARCH[:2], "--profiles", "fast.yaml"], [profile("fast", threads=2)]),
+    "profile-bad-value": Cli([*SEARCH[:2], "--profiles", "fast.yaml"], [profile("fast", precision="fp8")]),
+    "provider-unavailable": Cli([*SEARCH[:2], "--profiles", f"{PROFILE},gpu.yaml"],
+                                [profile("gpu", provider="CUDAExecutionProvider")]),
+    "profile-bound-without-cluster": Cli([*SEARCH[:2], "--profiles", f"{PROFILE},{EDGE_PROFILE}"]),
+    # corpora
+    "corpus-missing": Cli([*SEARCH, "--data", "missing.txt"]),
+    "corpus-glob-empty": Cli([*SEARCH, "--data", "texts/*.txt"]),
+    "corpus-directory": Cli([*SEARCH, "--data", "texts"], [text_file("texts/README", "x")]),
+    "corpus-empty": Cli([*SEARCH, "--data", "empty.txt"], [text_file("empty.txt", "")]),
+    "corpus-not-text": Cli([*SEARCH, "--data", "blob.bin"], [text_file("blob.bin", bytes(range(128, 256)) * 64)]),
+    "corpus-too-small": Cli([*SEARCH, "--data", "small.txt"], [text_file("small.txt", "hello world\n" * 20)]),
+    # databases
+    "db-not-a-url": Cli([*SEARCH, "--db", "nas.sqlite"]),
+    "db-unknown-dialect": Cli([*SEARCH, "--db", "mongodb://localhost/nas"]),
+    "db-driver-missing": Cli([*SEARCH, "--db", "mysql://nas@localhost/nas"]),
+    "db-sqlite-no-directory": Cli([*SEARCH, "--db", "sqlite:///no/such/dir/nas.db"]),
+    "db-postgres-unreachable": Cli([*SEARCH, "--db", "postgresql+psycopg://nas:secret@127.0.0.1:{port}/nas"]),
+    # Ray
+    "ray-unreachable": Cli([*SEARCH, "--ray-address", "127.0.0.1:{port}"]),
+    "ray-address-malformed": Cli([*SEARCH, "--ray-address", "head-node"]),
+    # a search name already taken
+    "name-taken-other-space": Cli([*SEARCH, "--name", "taken"], [existing_search(space_hash="0" * 16)]),
+    "name-taken-other-profiles": Cli([*SEARCH, "--name", "taken"],
+                                     [existing_search(profiles=[{"name": "cpu-1t"}])]),
+    "name-taken-other-data": Cli([*SEARCH, "--name", "taken", "--data", "corpus.txt"],
+                                 [existing_search(), text_file("corpus.txt", "some text to train on. " * 2000)]),
+    # reading searches
+    "show-unknown-search": Cli(["show", "nope"], [existing_search("e2e")]),
+    "pareto-bad-format": Cli(["pareto", "e2e", "--format", "xml"]),
+    "evaluate-arch-missing": Cli(["evaluate", "--arch", "arch.json"]),
+    "evaluate-arch-invalid": Cli(["evaluate", "--arch", "arch.json"], [text_file(
+        "arch.json", json.dumps({"n_layer": 2, "d_model": 48, "n_head": 5}))]),
+}
+
+
+@dataclass(frozen=True)
+class Api:
+    """``METHOD PATH`` with ``body`` (JSON, or raw text) against the web service."""
+
+    method: str
+    path: str
+    body: Any = None
+    setup: list[Callable[[Path], None]] = field(default_factory=list)
+
+
+API: dict[str, Api] = {
+    "api-body-not-json": Api("POST", "/api/searches", "{name: x}"),
+    "api-missing-name": Api("POST", "/api/searches", {"space": "tiny"}),
+    "api-bad-name": Api("POST", "/api/searches", {"name": "../x", "space": "tiny"}),
+    "api-two-spaces": Api("POST", "/api/searches", {"name": "x", "space": "tiny", "space_yaml": "name: x"}),
+    "api-unknown-field": Api("POST", "/api/searches", {"name": "x", "space": "tiny", "workers": 4}),
+    "api-trials-zero": Api("POST", "/api/searches", {"name": "x", "space": "tiny", "trials": 0}),
+    "api-unknown-space": Api("POST", "/api/searches", {"name": "x", "space": "huge"}),
+    "api-bad-space-yaml": Api("POST", "/api/searches", {"name": "x", "space_yaml": yaml.safe_dump(
+        {**BASE_SPACE, "profiles": ["cpu-1t"], "objectives": {"val_loss": "min"},
+         "architecture": {**BASE_SPACE["architecture"], "d_model": {"choices": []}}})}),
+    "api-space-yaml-reads-files": Api("POST", "/api/searches", {"name": "x", "space_yaml": yaml.safe_dump(
+        {**BASE_SPACE, "profiles": ["cpu-1t"], "objectives": {"val_loss": "min"},
+         "data": {"corpus": ["/etc/passwd"], "tokenizer": "byte"}})}),
+    "api-unknown-profile": Api("POST", "/api/searches", {"name": "x", "space": "tiny", "profiles": ["tpu"]}),
+    "api-name-taken-other-space": Api("POST", "/api/searches", {"name": "taken", "space": "tiny"},
+                                      [existing_search(space_hash="0" * 16)]),
+    "api-unknown-search": Api("GET", "/api/searches/nope", setup=[existing_search("e2e")]),
+    "api-unknown-candidate": Api("GET", "/api/candidates/999"),
+}
+
+
+def run_cli(case: Cli, cwd: Path, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("NAS_DB", raising=False)
+    for setup in case.setup:
+        setup(cwd)
+    args = [a.format(port=free_port()) for a in case.args]
+    if "--db" not in args and args[0] != "evaluate":
+        args += ["--db", "sqlite:///nas.db"]
+    if args[0] == "search":
+        args.append("--no-progress")
+    monkeypatch.setattr(sys, "argv", ["nas", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        nas.cli.main()
+    return int(exited.value.code or 0), cli_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("row_id", sorted(CLI))
+def test_cli(row_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    status, message = run_cli(CLI[row_id], tmp_path, monkeypatch, capsys)
+    assert_documented(row_id, status, message)
+
+
+@pytest.mark.parametrize("row_id", sorted(API))
+def test_api(row_id: str, tmp_path: Path) -> None:
+    case = API[row_id]
+    for setup in case.setup:
+        setup(tmp_path)
+    with Store(f"sqlite:///{tmp_path / 'nas.db'}") as store:
+        client = TestClient(create_app(store, workdir=tmp_path / "serve"))
+        if isinstance(case.body, str):
+            response = client.request(case.method, case.path, content=case.body,
+                                      headers={"content-type": "application/json"})
+        else:
+            response = client.request(case.method, case.path, json=case.body)
+    assert_documented(row_id, response.status_code, response.text)
+    assert not (tmp_path / "serve" / "logs").exists() or not any((tmp_path / "serve" / "logs").iterdir())
+
+
+@pytest.mark.slow
+def test_gpus_per_trial_without_gpus(tmp_path: Path) -> None:
+    """Ray must be started to know its GPUs: the real CLI in a child process."""
+    result = subprocess.run([sys.executable, "-m", "nas", *SEARCH, "--gpus-per-trial", "1", "--no-progress",
+                             "--db", f"sqlite:///{tmp_path / 'nas.db'}"],
+                            capture_output=True, text=True, timeout=180)
+    assert_documented("gpus-unavailable", result.returncode, cli_error(result.stderr))
+    with Store(f"sqlite:///{tmp_path / 'nas.db'}") as store:
+        assert store.list_searches() == []  # refused before anything was written
+
+
+def test_the_real_entry_point_prints_the_same_error(tmp_path: Path) -> None:
+    """`nas` as a process: exit status 2, ``error: <message>`` on stderr, no traceback."""
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    result = subprocess.run([sys.executable, "-m", "nas", "show", "nope", "--db", db],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+    assert_documented("show-unknown-search-empty", result.returncode, cli_error(result.stderr))
+
+
+def test_every_row_is_checked_and_every_check_is_a_row() -> None:
+    here = Path(__file__).name
+    elsewhere = {row.id for row in ROWS.values() if not row.test.startswith(f"{here}::test_cli[")
+                 and not row.test.startswith(f"{here}::test_api[")}
+    assert set(CLI) | set(API) | elsewhere == set(ROWS)
+    for row in ROWS.values():
+        file, _, test = row.test.partition("::")
+        source = (Path(__file__).parent / file).read_text()
+        name = test.split("[")[0]
+        assert f"def {name}(" in source, f"{row.id}: {row.test} does not exist"
+        if "[" in test:
+            assert test == f"{name}[{row.id}]", f"{row.id}: test column says {row.test}"
+        else:
+            assert f'"{row.id}"' in source, f"{row.id}: {row.test} does not check this row"
