@@ -61,6 +61,9 @@ def search(
     data: Optional[list[str]] = typer.Option(None, "--data", help="Text files or globs to train on "
                                              "instead of the space's corpus."),
     threads: int = typer.Option(1, "--threads", min=1, help="CPU threads per training task."),
+    timing: str = typer.Option("exclusive", "--timing", help="'exclusive': time latency only while "
+                               "nothing trains on the node (accurate); 'overlap': time on reserved "
+                               "cores while training goes on (faster)."),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs per training task."),
     max_retries: int = typer.Option(2, "--max-retries", min=0, help="Re-runs of a trial whose worker died."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress display."),
@@ -82,7 +85,8 @@ def search(
     request = SearchRequest(space=loaded, name=name or loaded.name, profiles=chosen,
                             trials=trials or loaded.trials, db_url=db_url(db), data=data_spec,
                             workers=workers, ray_address=ray_address, train_threads=threads,
-                            gpus_per_trial=gpus_per_trial, max_retries=max_retries)
+                            gpus_per_trial=gpus_per_trial, max_retries=max_retries,
+                            timing=timing)
     store = Store(request.db_url)
     console.print(f"search [bold]{request.name}[/]: space {loaded.name} ({loaded.source}), "
                   f"{request.trials} trials, profiles {', '.join(p.name for p in chosen)}, "

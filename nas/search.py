@@ -13,9 +13,14 @@ heard of is told again. Nothing finished is trained twice.
 Core policy (see `nas.affinity`): on every node the last ``max(profile threads)``
 cores time graphs and the others train; training tasks and timing tasks are pinned
 to their sets. Locally this is enforced with two Ray custom resources,
-``nas_train`` (one unit per training slot) and ``nas_measure`` (one). When the node
-has too few cores to split, timing takes ``nas_train`` too, so it runs only while
-nothing trains.
+``nas_train`` (one unit per training slot) and ``nas_measure`` (one). Separate cores
+are not enough on their own: a training process on the neighbouring core still slows
+a larger candidate's prefill by up to ~10% through the shared cache and memory bus
+(BENCHMARKS.md). So by default (``timing="exclusive"``) a timing task also takes
+every ``nas_train`` unit and the driver holds new training while one waits: timing
+then runs on an otherwise idle node. ``timing="overlap"`` trades that accuracy for
+throughput and times on the reserved cores while training goes on. When the node has
+too few cores to split, timing is always exclusive.
 
 On a cluster (``--ray-address``) the driver is still the only database client; workers
 get the driver's copy of `nas` (runtime_env ``py_modules``) and no credentials. Training
@@ -54,6 +59,7 @@ from nas.specs import DataSpec
 
 log = logging.getLogger("nas.search")
 
+TIMING_POLICIES = ("exclusive", "overlap")
 # Consecutive samples rejected by shape-only constraints before we call the space infeasible.
 MAX_STATIC_REJECTIONS = 500
 RAY_CONNECT_TIMEOUT_S = 5.0  # an unreachable --ray-address fails in seconds, not after Ray's retries
@@ -75,6 +81,12 @@ class SearchRequest:
     gpus_per_trial: float = 0.0
     max_retries: int = 2  # re-runs of a trial whose worker process died
     seed: int = 0
+    timing: str = "exclusive"  # or "overlap": time on reserved cores while training runs
+
+    def __post_init__(self) -> None:
+        if self.timing not in TIMING_POLICIES:
+            raise ConfigError(f"timing={self.timing!r} must be one of {', '.join(TIMING_POLICIES)}",
+                              field="timing", value=self.timing)
 
     @property
     def data_spec(self) -> DataSpec:
@@ -159,6 +171,7 @@ class SearchDriver:
         self.points: dict[int, tuple[list[float], bool]] = {}  # candidate id -> (objectives, feasible)
         self.progress = Progress(total=request.trials)
         self._started_ray = False
+        self._train_slots = 1
         self._last_stop_poll = 0.0
         self._reference: list[float] | None = None
         self._device_cpus: dict[str, int] = {}  # profile -> CPUs its timing task holds on a device
@@ -249,6 +262,7 @@ class SearchDriver:
             else:
                 plan = plan_cores(self.request.measure_threads)
                 slots = self.request.workers or max(1, plan.train_slots // max(1, self.request.train_threads))
+                self._train_slots = slots
                 # Ray >= 2.59 turns token authentication on for a local cluster and says so on
                 # stderr every run; keep it on, without the notice. (Setting RAY_AUTH_MODE here
                 # instead would be too late: Ray reads it when it is imported.)
@@ -363,7 +377,8 @@ class SearchDriver:
             rejections = 0
             while not self.stop_event.is_set():
                 while (not self.stop_event.is_set() and self._budget_left() > 0
-                       and self._training_in_flight() < self._max_in_flight()):
+                       and self._training_in_flight() < self._max_in_flight()
+                       and not self._timing_waits()):
                     if self._ask_and_submit(study, tasks, data_ref, local):
                         rejections = 0
                     else:
@@ -521,12 +536,23 @@ class SearchDriver:
                     "resources": {profile.ray_resource: 1.0}}
         if local:
             resources = {"nas_measure": 1.0}
-            if plan_cores(self.request.measure_threads).exclusive:
-                resources["nas_train"] = 1.0  # the only cores: time only while nothing trains
+            if self._exclusive_timing():
+                resources["nas_train"] = float(self._train_slots)  # time only while nothing trains
             return {"num_cpus": 0, "resources": resources}
         if cluster_has_measure:
             return {"num_cpus": 0, "resources": {"nas_measure": 1.0}}
         return {"num_cpus": min(profile.intra_op_threads, self._max_node_cpus)}
+
+    def _exclusive_timing(self) -> bool:
+        from nas.affinity import plan_cores
+
+        return self.request.timing == "exclusive" or plan_cores(self.request.measure_threads).exclusive
+
+    def _timing_waits(self) -> bool:
+        """Hold new training while a local exclusive timing task waits for the node to go idle."""
+        if self.request.ray_address or not self._exclusive_timing():
+            return False
+        return any(f.measure_refs for f in self.inflight.values())
 
     def _collect(self, study, tasks, ray, local: bool, cluster_has_measure: bool) -> None:
         refs = [f.train_ref for f in self.inflight.values() if f.train is None]
