@@ -154,7 +154,9 @@ class RayCluster:
     def start_head(self, num_cpus: int) -> None:
         self._ray_start(["--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
                          "--include-dashboard", "false", "--dashboard-port", str(free_port()),
-                         "--ray-client-server-port", str(free_port()), "--temp-dir", str(self.temp_dir)])
+                         "--temp-dir", str(self.temp_dir)])
+        # No --ray-client-server-port: Ray refuses it unless the optional ray[client] extra
+        # is installed, and a fresh install (CI) has only `ray`.
 
     def add_node(self, num_cpus: int, resources: dict[str, float] | None = None) -> None:
         self._ray_start(["--address", self.address, "--num-cpus", str(num_cpus),
@@ -165,8 +167,12 @@ class RayCluster:
         script = ("import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False, "
                   "configure_logging=False); print(json.dumps([{'id': n['NodeID'], 'resources': "
                   "n['Resources']} for n in ray.nodes() if n['Alive']]))")
-        out = subprocess.run([sys.executable, "-c", script, self.address], env=self.env,
-                             capture_output=True, text=True, timeout=120)
+        try:
+            # Short: a driver retries a dead head for minutes; the caller re-checks the nodes.
+            out = subprocess.run([sys.executable, "-c", script, self.address], env=self.env,
+                                 capture_output=True, text=True, timeout=45)
+        except subprocess.TimeoutExpired:
+            return []
         if out.returncode != 0:
             return []
         return [RayNode(n["id"], n["resources"]) for n in json.loads(out.stdout.strip().splitlines()[-1])]
