@@ -74,16 +74,29 @@ def analyze(search: SearchRecord, records: Sequence[CandidateRecord]) -> FrontAn
         empty = np.zeros(0, dtype=bool)
         return FrontAnalysis(search, objectives, tuple(records), (), values, empty, empty, (),
                              None, 0.0, search.reference_point, warnings)
-    summary = pareto.summarize(values, objectives, feasible=feasible,
+    # A trial that drew an architecture already evaluated reuses its result; rank only the
+    # first, or the front would list the same model twice.
+    first = np.array(_first_of_each_architecture(complete), dtype=int)
+    summary = pareto.summarize(values[first], objectives, feasible=feasible[first],
                                reference=search.reference_point)
     on_front = np.zeros(len(complete), dtype=bool)
-    on_front[summary.front] = True
+    front_idx = first[np.asarray(summary.front, dtype=int)]
+    on_front[front_idx] = True
     # By the first objective's value, ascending (NaN last), as `nas show` has always listed it.
-    front_idx = np.asarray(summary.front, dtype=int)
     front = [complete[i] for i in front_idx[np.argsort(values[front_idx, 0], kind="stable")]]
-    knee = complete[summary.knee].id if summary.knee is not None else None
+    knee = complete[first[summary.knee]].id if summary.knee is not None else None
     return FrontAnalysis(search, objectives, tuple(records), complete, values, feasible, on_front,
                          tuple(front), knee, summary.hypervolume, summary.reference, warnings)
+
+
+def _first_of_each_architecture(records: Sequence[CandidateRecord]) -> list[int]:
+    seen: set[str] = set()
+    first = []
+    for i, record in enumerate(records):
+        if record.arch_hash not in seen:
+            seen.add(record.arch_hash)
+            first.append(i)
+    return first
 
 
 def load_front(store: Store, name: str) -> FrontAnalysis:

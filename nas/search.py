@@ -172,6 +172,7 @@ class SearchDriver:
         self.progress = Progress(total=request.trials)
         self._started_ray = False
         self._train_slots = 1
+        self._point_hashes: set[str] = set()
         self._last_stop_poll = 0.0
         self._reference: list[float] | None = None
         self._device_cpus: dict[str, int] = {}  # profile -> CPUs its timing task holds on a device
@@ -651,7 +652,7 @@ class SearchDriver:
             values = self.space.objective_values(result.metrics)
             violations = self.space.constraint_dict(result.metrics)
             self._db(_tell, study, trial_number, values, violations)
-            self.points[record.id] = (values, all(v <= 0 for v in violations.values()))
+            self._add_point(record, values, all(v <= 0 for v in violations.values()))
             self._snapshot()
         else:
             self.progress.failed += 1
@@ -672,14 +673,21 @@ class SearchDriver:
 
     # ----- Pareto bookkeeping -------------------------------------------------------------
     def _load_finished(self) -> None:
-        for record in self.store.candidates(self.request.name, states=["complete", "failed"]):
+        for record in self.store.candidates(self.request.name, states=["complete", "failed"], with_proxy=False):
             self.progress.done += 1
             if record.state == "failed":
                 self.progress.failed += 1
                 continue
-            self.points[record.id] = (self.space.objective_values(record.metrics),
-                                      self.space.is_feasible(record.metrics))
+            self._add_point(record, self.space.objective_values(record.metrics),
+                            self.space.is_feasible(record.metrics))
         self._summarize()
+
+    def _add_point(self, record, values: list[float], feasible: bool) -> None:
+        """One point per architecture: a repeat reuses the first result (as `nas.fronts` ranks)."""
+        if record.arch_hash in self._point_hashes:
+            return
+        self._point_hashes.add(record.arch_hash)
+        self.points[record.id] = (values, feasible)
 
     def _repair_study(self, study) -> None:
         """Make Optuna agree with the store after a crash between the two writes."""
