@@ -1,0 +1,154 @@
+"""Item 1 (and 3a) tables from the runs bench/collect_fidelity.py and collect_table.py stored.
+
+    python bench/analyze_fidelity.py            # seconds; reads bench/results/*.jsonl
+
+Per corpus and ladder rung: Spearman rho and Kendall tau between the proxy's loss and the
+reference loss (seed 0 at the reference budget), with 95% bootstrap intervals (2000 resamples
+of the candidates); the same for the training-free parameter-count proxy (more parameters =
+predicted better, i.e. rho(-params, reference loss)); the paired bootstrap interval of the
+difference; the seed-to-seed ceiling (rho between two seeds at the reference budget); and
+top-k recall: of the reference's best k, the share inside the proxy's best 2k (k = 10 when
+n >= 40, else n // 4, stated in the table).
+Throughput (item 3a): achieved training FLOP/s (`Architecture.training_flops_per_token` x
+tokens/s) over the one-thread fp32 matmul FLOP/s measured right before each run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+from scipy.stats import kendalltau, spearmanr
+
+from bench._util import RESULTS, read_jsonl
+from bench.common import markdown_table
+
+B = 2000
+
+
+def _rho(a, b):
+    return spearmanr(a, b).statistic
+
+
+def _tau(a, b):
+    return kendalltau(a, b).statistic
+
+
+def boot(a, b, fn, rng, c=None):
+    """Point estimate and 95% percentile interval; with ``c``: fn(a, b) - fn(c, b), paired."""
+    a, b = np.asarray(a), np.asarray(b)
+    n = len(a)
+    point = fn(a, b) - (fn(c, b) if c is not None else 0)
+    stats = []
+    for _ in range(B):
+        i = rng.integers(0, n, n)
+        if len(set(i)) < 3:
+            continue
+        s = fn(a[i], b[i]) - (fn(np.asarray(c)[i], b[i]) if c is not None else 0)
+        if np.isfinite(s):
+            stats.append(s)
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return point, lo, hi
+
+
+def recall(proxy, ref, k):
+    best = set(np.argsort(ref)[:k])
+    top = set(np.argsort(proxy)[: 2 * k])
+    return len(best & top) / k
+
+
+def fmt(p, lo, hi):
+    return f"{p:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def fidelity() -> str:
+    rows = [r for r in read_jsonl(*sorted(RESULTS.glob("fidelity_*.jsonl"))) if np.isfinite(r["val_loss"])]
+    rng = np.random.default_rng(0)
+    out = []
+    for corpus in ("shakespeare", "wikitext"):
+        rs = [r for r in rows if r["corpus"] == corpus]
+        ref = {r["hash"]: r for r in rs if r["kind"] == "ref" and r["seed"] == 0}
+        ref1 = {r["hash"]: r for r in rs if r["kind"] == "ref" and r["seed"] == 1}
+        rungs = sorted({r["tokens"] for r in rs if r["kind"] == "proxy"})
+        ref_tokens = sorted({r["tokens"] for r in ref.values()})
+        table = []
+        for t in rungs:
+            px = {r["hash"]: r for r in rs if r["kind"] == "proxy" and r["tokens"] == t}
+            hs = sorted(set(px) & set(ref))
+            if len(hs) < 5:
+                continue
+            p = np.array([px[h]["val_loss"] for h in hs])
+            y = np.array([ref[h]["val_loss"] for h in hs])
+            k = 10 if len(hs) >= 40 else max(2, len(hs) // 4)
+            table.append([f"proxy {t // 1000}k tokens", len(hs), fmt(*boot(p, y, _rho, rng)),
+                          fmt(*boot(p, y, _tau, rng)), f"{recall(p, y, k):.2f} (top {k} in {2 * k})",
+                          fmt(*boot(p, y, _rho, rng, c=-np.array([ref[h]["params"] for h in hs])))])
+        hs = sorted(ref)
+        if len(hs) >= 5:
+            y = np.array([ref[h]["val_loss"] for h in hs])
+            q = -np.array([ref[h]["params"] for h in hs], dtype=float)
+            k = 10 if len(hs) >= 40 else max(2, len(hs) // 4)
+            table.append(["parameter count", len(hs), fmt(*boot(q, y, _rho, rng)), fmt(*boot(q, y, _tau, rng)),
+                          f"{recall(q, y, k):.2f} (top {k} in {2 * k})", "-"])
+            other = [h for h in hs if h in ref1]
+            if len(other) >= 4:
+                a = np.array([ref[h]["val_loss"] for h in other])
+                b = np.array([ref1[h]["val_loss"] for h in other])
+                d = np.abs(a - b)
+                table.append([f"seed ceiling (seed 0 vs 1 at ref, mean abs. diff {d.mean():.3f} nats)",
+                              len(other), fmt(*boot(a, b, _rho, rng)), fmt(*boot(a, b, _tau, rng)), "-", "-"])
+        out.append(f"\n{corpus}: reference = {', '.join(f'{t // 1000}k' for t in ref_tokens)} tokens, seed 0\n")
+        out.append(markdown_table(["predictor", "n", "Spearman rho [95% CI]", "Kendall tau [95% CI]",
+                                   "top-k recall", "rho minus param-count rho [95% CI]"], table))
+        feats = [r for r in ref.values() if r["arch"]["sharing"] != "none" or
+                 r["arch"]["n_kv_head"] < r["arch"]["n_head"] or r["arch"]["attention"] != "softmax"]
+        out.append(f"\n{len(feats)} of {len(ref)} candidates use sharing, GQA or non-softmax attention.")
+    return "\n".join(out)
+
+
+def throughput() -> str:
+    rows = read_jsonl(*sorted(RESULTS.glob("fidelity_*.jsonl"))) + read_jsonl(RESULTS / "tiny_table.jsonl")
+    bins = [(0, 1e5), (1e5, 3e5), (3e5, 1e6), (1e6, 2e6)]
+    table = []
+    for lo, hi in bins:
+        sel = [r for r in rows if lo <= r["params"] < hi and r.get("tokens_per_s") and r.get("status") == "ok"]
+        if not sel:
+            continue
+        frac = np.array([r["train_flops_per_token"] * r["tokens_per_s"] / r["matmul_flops_ref"] for r in sel])
+        ref = np.array([r["matmul_flops_ref"] for r in sel]) / 1e9
+        table.append([f"{lo / 1e6:g}-{hi / 1e6:g}M", len(sel), f"{np.median(frac) * 100:.1f}%",
+                      f"{np.percentile(frac, 10) * 100:.1f}-{np.percentile(frac, 90) * 100:.1f}%",
+                      f"{np.median(ref):.0f}"])
+    return markdown_table(["params", "runs", "median achieved / matmul", "p10-p90",
+                           "matmul ref GFLOP/s (median)"], table)
+
+
+def table_breakdown() -> str:
+    """Where a table candidate's evaluation time went (bench/collect_table.py, one thread)."""
+    rows = [r for r in read_jsonl(RESULTS / "tiny_table.jsonl") if "seconds" in r]
+    if not rows:
+        return ""
+    table = []
+    for lo, hi in [(0, 2e5), (2e5, 5e5), (5e5, 2e6)]:
+        sel = [r["seconds"] for r in rows if lo <= r["params"] < hi]
+        if not sel:
+            continue
+        tot = {k: sum(x[k] for x in sel) for k in ("train", "export", "latency")}
+        allv = sum(tot.values())
+        table.append([f"{lo / 1e6:g}-{hi / 1e6:g}M", len(sel), f"{tot['train'] / len(sel):.2f}",
+                      f"{tot['export'] / len(sel):.2f}", f"{tot['latency'] / len(sel):.2f}",
+                      f"{(1 - tot['train'] / allv) * 100:.0f}%",
+                      f"{(1 - 4 * tot['train'] / (4 * tot['train'] + tot['export'] + tot['latency'])) * 100:.0f}%"])
+    return markdown_table(["params", "candidates", "train s (50k tokens)", "export s", "latency s",
+                           "outside training", "same at 200k tokens (train x4)"], table)
+
+
+if __name__ == "__main__":
+    print(fidelity())
+    print("\nThroughput of the proxy runs above (one thread, fp32):\n")
+    print(throughput())
+    print("\nTable candidates (50k tokens): mean seconds per step\n")
+    print(table_breakdown())

@@ -1,0 +1,98 @@
+"""Item 1 data: proxy loss on a budget ladder vs a 10x reference, on two real corpora.
+
+    python bench/collect_fidelity.py                 # resumable: rerun to continue
+    python bench/collect_fidelity.py --reverse       # a second worker from the other end
+    python bench/collect_fidelity.py --n 40 --ladder 25000,50000,100000,200000 --ref 500000  (defaults)
+
+Rerunning with the defaults completes whatever is missing (runs are skipped by
+(candidate, corpus, tokens, seed, kind)); two workers (plain and ``--reverse``) meet in the middle.
+
+Candidates: ``--n`` distinct uniform draws from `tiny.yaml` (params <= 1.5M, byte tokens);
+>= 25% use sharing, GQA or non-softmax attention (the analysis prints the share). Each is
+trained with the tiny space's budget at every ladder rung (scored on the product's 16k
+validation tokens) and at the reference budget ``--ref`` (scored on 64k validation tokens, so
+the reference is the more precise one) with seed 0, and with seed 1 for every fourth candidate
+(the seed-to-seed ceiling). Corpora: tinyshakespeare (last 10% held out) and WikiText-2
+(valid.txt to train, test.txt to evaluate). One thread per process; one JSON line per run in
+bench/results/fidelity_<worker>.jsonl; every worker skips runs any worker has finished.
+Work is ordered candidate by candidate so a partial run has complete candidates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from bench._util import RESULTS, append_jsonl, corpus, read_jsonl, sample_archs, uses_feature
+from bench.common import format_machine, machine_info, matmul_flops
+
+CORPORA = ("shakespeare", "wikitext")
+SEED = 7
+
+
+def results_files() -> list[Path]:
+    return sorted(RESULTS.glob("fidelity_*.jsonl"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--ladder", default="25000,50000,100000,200000")
+    ap.add_argument("--ref", type=int, default=500_000)
+    ap.add_argument("--reverse", action="store_true")
+    ap.add_argument("--worker", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(format_machine(machine_info(threads=1)), flush=True)
+    from nas.proxy import train
+    from nas.space import load_space
+
+    worker = args.worker or ("b" if args.reverse else "a")
+    out = RESULTS / f"fidelity_{worker}.jsonl"
+    space = load_space("tiny")
+    ladder = [int(x) for x in args.ladder.split(",")]
+    archs = sample_archs(space, args.n, SEED)
+    print(f"{sum(map(uses_feature, archs))}/{len(archs)} use sharing, GQA or non-softmax", flush=True)
+    datasets = {c: corpus(c) for c in CORPORA}
+    order = list(range(len(archs)))
+    if args.reverse:
+        order.reverse()
+    for i in order:
+        arch = archs[i]
+        units = []
+        for c in CORPORA:
+            units += [(c, t, 0, "proxy") for t in ladder]
+            units += [(c, args.ref, 0, "ref")]
+            if i % 4 == 0:
+                units += [(c, args.ref, 1, "ref")]
+        for c, tokens, seed, kind in units:
+            done = {(r["hash"], r["corpus"], r["tokens"], r["seed"], r["kind"])
+                    for r in read_jsonl(*results_files())}
+            if (arch.hash, c, tokens, seed, kind) in done:
+                continue
+            budget = dataclasses.replace(space.budget, tokens=tokens, max_seconds=None,
+                                         val_tokens=65536 if kind == "ref" else space.budget.val_tokens)
+            ref = matmul_flops(threads=1, n=512, rounds=3)
+            t0 = time.perf_counter()
+            r = train(arch, budget, datasets[c], seed=seed, threads=1).result
+            row = {"i": i, "hash": arch.hash, "arch": arch.to_dict(), "params": arch.n_params,
+                   "corpus": c, "tokens": tokens, "seed": seed, "kind": kind,
+                   "val_loss": r.val_loss, "status": r.status, "tokens_per_s": r.tokens_per_s,
+                   "seconds": time.perf_counter() - t0, "matmul_flops_ref": ref,
+                   "train_flops_per_token": arch.training_flops_per_token(budget.seq_len),
+                   "loadavg": os.getloadavg()[0], "worker": worker}
+            append_jsonl(out, row)
+            print(f"[{i}] {c} {kind} {tokens} s{seed} {arch.describe()} "
+                  f"loss={r.val_loss:.3f} {row['seconds']:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
