@@ -11,24 +11,9 @@ import torch
 from nas.architecture import Architecture
 from nas.model import NasLM, build_model, lm_loss, repeat_kv, rotary_cos_sin, unique_parameter_count
 
-KINDS = ("softmax", "sliding_window", "linear")
-SHARINGS = ("none", "all", "repeat:2")
+from tests.tiny_models import KINDS, SHARINGS, one_thread, tiny  # noqa: F401 - fixture
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine: a second OpenMP thread only waits for a busy core.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny(attention: str = "softmax", sharing: str = "none", **kw) -> Architecture:
-    base = dict(n_layer=2, d_model=32, n_head=4, n_kv_head=2, vocab_size=64, max_seq_len=32,
-                attention=attention, window=3 if attention == "sliding_window" else None, sharing=sharing)
-    base.update(kw)
-    return Architecture(**base)
 
 
 def ids(batch: int, seq: int, vocab: int = 64, seed: int = 0) -> torch.Tensor:

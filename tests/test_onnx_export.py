@@ -20,23 +20,9 @@ from nas.model import NasLM, build_model
 from nas.onnx_export import PARITY_RTOL, export_onnx
 from nas.onnx_io import DIM_NAMES, graph_metadata, make_feeds, session_feeds
 
-KINDS = ("softmax", "sliding_window", "linear")
-SHARINGS = ("none", "all", "repeat:2")
+from tests.tiny_models import KINDS, SHARINGS, one_thread, tiny  # noqa: F401 - fixture
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny(attention: str = "softmax", sharing: str = "none", **kw) -> Architecture:
-    base = dict(n_layer=2, d_model=32, n_head=4, n_kv_head=2, vocab_size=64, max_seq_len=32,
-                attention=attention, window=3 if attention == "sliding_window" else None, sharing=sharing)
-    base.update(kw)
-    return Architecture(**base)
 
 
 @pytest.fixture(scope="module")
