@@ -398,8 +398,11 @@ class Store:
     def pareto_snapshots(self, search: str) -> list[SnapshotRecord]:
         with self._read() as session:
             search_id = _search_row(session, search).id
-            rows = session.scalars(select(ParetoSnapshot).where(ParetoSnapshot.search_id == search_id)
-                                   .order_by(ParetoSnapshot.n_complete))
+            # Core rows, not ORM entities: a long search has one snapshot per finished trial.
+            rows = session.connection().execute(
+                select(ParetoSnapshot.n_complete, ParetoSnapshot.hypervolume, ParetoSnapshot.front,
+                       ParetoSnapshot.created_at)
+                .where(ParetoSnapshot.search_id == search_id).order_by(ParetoSnapshot.n_complete))
             return [_snapshot_record(row) for row in rows]
 
     @retrying
@@ -509,7 +512,7 @@ def _search_record(row: Search) -> SearchRecord:
         finished_at=row.finished_at, updated_at=row.updated_at)
 
 
-def _snapshot_record(row: ParetoSnapshot) -> SnapshotRecord:
+def _snapshot_record(row: Any) -> SnapshotRecord:
     return SnapshotRecord(n_complete=row.n_complete, hypervolume=row.hypervolume,
                           front_ids=tuple(int(i) for i in row.front), created_at=row.created_at)
 
