@@ -113,8 +113,6 @@ def small_space() -> str:
 
 
 def test_browse_a_real_search(server, browser, tmp_path):
-    from selenium.webdriver.common.action_chains import ActionChains
-
     r = httpx.post(f"{server}/api/searches", timeout=60,
                    json={"name": "browser", "space_yaml": small_space(), "trials": TRIALS})
     assert r.status_code == 202, r.text
@@ -156,17 +154,7 @@ def test_browse_a_real_search(server, browser, tmp_path):
         time.sleep(1)
 
         # Click a marker of the front where Plotly draws it.
-        target = browser.execute_script("""
-            const gd = document.getElementById('pareto');
-            const trace = gd.data.find(t => t.meta === 'front');
-            const fl = gd._fullLayout, rect = gd.getBoundingClientRect();
-            return {id: trace.customdata[0], w: rect.width, h: rect.height,
-                    x: fl._size.l + fl.xaxis.d2p(trace.x[0]), y: fl._size.t + fl.yaxis.d2p(trace.y[0])};
-        """)
-        plot = browser.find_element("id", "pareto")
-        ActionChains(browser).move_to_element_with_offset(
-            plot, round(target["x"] - target["w"] / 2), round(target["y"] - target["h"] / 2)
-        ).pause(0.5).click().perform()
+        target = click_first_front_marker(browser)
         wait_until(lambda: re.search(r"/candidates/(\d+)$", browser.current_url), 20,
                    "the click to open a candidate")
         assert browser.current_url.endswith(f"/candidates/{target['id']}")
@@ -191,8 +179,6 @@ def test_browse_a_real_search(server, browser, tmp_path):
 def test_offline_report_in_the_browser(browser, tmp_path):
     """The report of a three-objective search opens from a file: plots drawn, nothing fetched,
     a click finds the candidate in the table, and the 3-D view draws."""
-    from selenium.webdriver.common.action_chains import ActionChains
-
     from nas.report import write_report
     from nas.store import Store
 
@@ -208,6 +194,22 @@ def test_offline_report_in_the_browser(browser, tmp_path):
     assert fetched == [], f"the report fetched {fetched}"
     rows = browser.find_elements("css selector", "#candidates tbody tr")
     assert len(rows) == 7
+    target = click_first_front_marker(browser)
+    wait_until(lambda: len(browser.find_elements("css selector", "#candidates tbody tr")) == 1,
+               10, "the table to show the clicked candidate")
+    row = browser.find_element("css selector", "#candidates tbody tr")
+    assert row.get_attribute("data-id") == str(target["id"])
+    browser.find_element("id", "view3d").click()
+    wait_until(lambda: browser.execute_script(
+        "return document.querySelectorAll('#pareto .gl-container canvas, #pareto canvas').length > 0"
+        " && document.getElementById('pareto').dataset.view === '3d'"), 20, "the 3-D view")
+    browser.save_screenshot(str(tmp_path / "report-3d.png"))
+
+
+def click_first_front_marker(browser) -> dict:
+    """Click the front trace's first marker where Plotly drew it; returns its candidate id."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
     target = browser.execute_script("""
         const gd = document.getElementById('pareto');
         const trace = gd.data.find(t => t.meta === 'front');
@@ -219,12 +221,4 @@ def test_offline_report_in_the_browser(browser, tmp_path):
     ActionChains(browser).move_to_element_with_offset(
         plot, round(target["x"] - target["w"] / 2), round(target["y"] - target["h"] / 2)
     ).pause(0.5).click().perform()
-    wait_until(lambda: len(browser.find_elements("css selector", "#candidates tbody tr")) == 1,
-               10, "the table to show the clicked candidate")
-    row = browser.find_element("css selector", "#candidates tbody tr")
-    assert row.get_attribute("data-id") == str(target["id"])
-    browser.find_element("id", "view3d").click()
-    wait_until(lambda: browser.execute_script(
-        "return document.querySelectorAll('#pareto .gl-container canvas, #pareto canvas').length > 0"
-        " && document.getElementById('pareto').dataset.view === '3d'"), 20, "the 3-D view")
-    browser.save_screenshot(str(tmp_path / "report-3d.png"))
+    return target
