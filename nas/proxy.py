@@ -144,21 +144,34 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 class _Batches:
-    """Random (input, target) windows from the training stream, seeded."""
+    """Random (input, target) windows from the training stream, seeded.
+
+    On a GPU the token stream lives on the device and all window starts are drawn up front
+    (numpy gives the same draws either way), so a step gathers on the device instead of
+    pinning and copying a batch: the copy and its synchronisation dominated small-model steps.
+    """
 
     def __init__(self, tokens: np.ndarray, budget: ProxyBudget, seed: int,
-                 device: torch.device) -> None:
+                 device: torch.device, steps: int = 0) -> None:
         self.tokens = tokens
         self.b, self.t = budget.batch_size, budget.seq_len
         self.rng = np.random.default_rng(seed)
         self.offsets = np.arange(self.t + 1)
         self.device = device
+        self.step = 0
+        if device.type == "cuda":
+            self.tokens_dev = torch.from_numpy(tokens.astype(np.int64)).to(device)
+            starts = self.rng.integers(0, len(tokens) - self.t, size=(max(steps, 1), self.b))
+            self.starts_dev = torch.from_numpy(starts).to(device)
+            self.offsets_dev = torch.arange(self.t + 1, device=device)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.device.type == "cuda":
+            window = self.tokens_dev[self.starts_dev[self.step][:, None] + self.offsets_dev]
+            self.step += 1
+            return window[:, :-1], window[:, 1:]
         starts = self.rng.integers(0, len(self.tokens) - self.t, size=self.b)
         window = torch.from_numpy(self.tokens[starts[:, None] + self.offsets].astype(np.int64))
-        if self.device.type == "cuda":
-            window = window.pin_memory().to(self.device, non_blocking=True)
         return window[:, :-1], window[:, 1:]  # (B, T) each
 
 
@@ -221,8 +234,8 @@ def _train(arch: Architecture, budget: ProxyBudget, data: TokenData, dev: torch.
     model.train()
     opt = make_optimizer(model, budget)
     params = [p for group in opt.param_groups for p in group["params"]]
-    batches = _Batches(data.train, budget, seed, dev)
     steps = budget.steps
+    batches = _Batches(data.train, budget, seed, dev, steps)
     tokens_per_step = budget.batch_size * budget.seq_len
     lrs = lr_schedule(budget, steps)
     losses = torch.empty(steps, dtype=torch.float32, device=dev)
