@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# NAS_BENCH_RESULTS: write elsewhere (the GPU machine writes straight into its $OUT).
+RESULTS = Path(os.environ.get("NAS_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 SHARED_DATA = Path(os.environ.get("NAS_BENCH_DATA", "/work/shared/data"))
 
 
@@ -83,6 +84,17 @@ def sample_archs(space, n: int, seed: int, max_params: float | None = None) -> l
         seen.add(a.hash)
         out.append(a)
     return out
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N): this process takes the units whose index is K modulo N."""
+    if not text:
+        return 0, 1
+    k, _, n = text.partition("/")
+    shard, shards = int(k), int(n)
+    if not 0 <= shard < shards:
+        raise ValueError(f"--shard {text}: want K/N with 0 <= K < N")
+    return shard, shards
 
 
 def done_keys(rows: Iterable[dict[str, Any]], fields: tuple[str, ...]) -> set[tuple]:

@@ -3,6 +3,9 @@
     python bench/collect_fidelity.py                 # resumable: rerun to continue
     python bench/collect_fidelity.py --reverse       # a second worker from the other end
     python bench/collect_fidelity.py --n 40 --ladder 25000,50000,100000,200000 --ref 500000  (defaults)
+    # a 10x reference on a GPU machine, four processes sharing the GPU, both seeds everywhere:
+    for k in 0 1 2 3; do python bench/collect_fidelity.py --kinds ref --ref 2000000 \
+        --ceiling-every 1 --device cuda --shard $k/4 --worker gpu & done; wait
 
 Rerunning with the defaults completes whatever is missing (runs are skipped by
 (candidate, corpus, tokens, seed, kind)); two workers (plain and ``--reverse``) meet in the middle.
@@ -31,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench._util import RESULTS, append_jsonl, corpus, read_jsonl, sample_archs, uses_feature
+from bench._util import (RESULTS, append_jsonl, corpus, parse_shard, read_jsonl, sample_archs,
+                         uses_feature)
 from bench.common import format_machine, machine_info, matmul_flops
 
 CORPORA = ("shakespeare", "wikitext")
@@ -42,11 +46,32 @@ def results_files() -> list[Path]:
     return sorted(RESULTS.glob("fidelity_*.jsonl"))
 
 
+def plan(n_archs: int, ladder: list[int], ref: int, kinds: set[str],
+         ceiling_every: int) -> list[tuple[int, str, int, int, str]]:
+    """Every (candidate, corpus, tokens, seed, kind) unit, seed 0 first so a partial run has
+    complete seed-0 candidates, then the second seed for every ``ceiling_every``-th one."""
+    units = []
+    for i in range(n_archs):
+        for c in CORPORA:
+            if "proxy" in kinds:
+                units += [(i, c, t, 0, "proxy") for t in ladder]
+            if "ref" in kinds:
+                units.append((i, c, ref, 0, "ref"))
+    if "ref" in kinds and ceiling_every:
+        units += [(i, c, ref, 1, "ref") for i in range(0, n_archs, ceiling_every) for c in CORPORA]
+    return units
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--ladder", default="25000,50000,100000,200000")
     ap.add_argument("--ref", type=int, default=500_000)
+    ap.add_argument("--kinds", default="proxy,ref", help="which units: proxy, ref or both")
+    ap.add_argument("--ceiling-every", type=int, default=4,
+                    help="second seed at the reference for every k-th candidate (0: none)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the reference on a GPU)")
+    ap.add_argument("--shard", default=None, help="K/N: this process takes units K mod N")
     ap.add_argument("--reverse", action="store_true")
     ap.add_argument("--worker", default=None)
     args = ap.parse_args()
@@ -55,43 +80,41 @@ def main() -> None:
     from nas.proxy import train
     from nas.space import load_space
 
+    shard, shards = parse_shard(args.shard)
     worker = args.worker or ("b" if args.reverse else "a")
     out = RESULTS / f"fidelity_{worker}.jsonl"
     space = load_space("tiny")
-    ladder = [int(x) for x in args.ladder.split(",")]
+    ladder = [int(x) for x in args.ladder.split(",") if x]
     archs = sample_archs(space, args.n, SEED)
     print(f"{sum(map(uses_feature, archs))}/{len(archs)} use sharing, GQA or non-softmax", flush=True)
     datasets = {c: corpus(c) for c in CORPORA}
-    order = list(range(len(archs)))
+    units = plan(len(archs), ladder, args.ref, set(args.kinds.split(",")), args.ceiling_every)
+    units = units[shard::shards]
     if args.reverse:
-        order.reverse()
-    for i in order:
+        units.reverse()
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
+    for i, c, tokens, seed, kind in units:
         arch = archs[i]
-        units = []
-        for c in CORPORA:
-            units += [(c, t, 0, "proxy") for t in ladder]
-            units += [(c, args.ref, 0, "ref")]
-            if i % 4 == 0:
-                units += [(c, args.ref, 1, "ref")]
-        for c, tokens, seed, kind in units:
-            done = {(r["hash"], r["corpus"], r["tokens"], r["seed"], r["kind"])
-                    for r in read_jsonl(*results_files())}
-            if (arch.hash, c, tokens, seed, kind) in done:
-                continue
-            budget = dataclasses.replace(space.budget, tokens=tokens, max_seconds=None,
-                                         val_tokens=65536 if kind == "ref" else space.budget.val_tokens)
-            ref = matmul_flops(threads=1, n=512, rounds=3)
-            t0 = time.perf_counter()
-            r = train(arch, budget, datasets[c], seed=seed, threads=1).result
-            row = {"i": i, "hash": arch.hash, "arch": arch.to_dict(), "params": arch.n_params,
-                   "corpus": c, "tokens": tokens, "seed": seed, "kind": kind,
-                   "val_loss": r.val_loss, "status": r.status, "tokens_per_s": r.tokens_per_s,
-                   "seconds": time.perf_counter() - t0, "matmul_flops_ref": ref,
-                   "train_flops_per_token": arch.training_flops_per_token(budget.seq_len),
-                   "loadavg": os.getloadavg()[0], "worker": worker}
-            append_jsonl(out, row)
-            print(f"[{i}] {c} {kind} {tokens} s{seed} {arch.describe()} "
-                  f"loss={r.val_loss:.3f} {row['seconds']:.1f}s", flush=True)
+        done = {(r["hash"], r["corpus"], r["tokens"], r["seed"], r["kind"])
+                for r in read_jsonl(*results_files())}
+        if (arch.hash, c, tokens, seed, kind) in done:
+            continue
+        budget = dataclasses.replace(space.budget, tokens=tokens, max_seconds=None,
+                                     val_tokens=65536 if kind == "ref" else space.budget.val_tokens)
+        # The CPU's matmul speed says how loaded the machine was; meaningless beside a GPU run.
+        ref = None if gpu else matmul_flops(threads=1, n=512, rounds=3)
+        t0 = time.perf_counter()
+        r = train(arch, budget, datasets[c], device=args.device, seed=seed, threads=1).result
+        row = {"i": i, "hash": arch.hash, "arch": arch.to_dict(), "params": arch.n_params,
+               "corpus": c, "tokens": tokens, "seed": seed, "kind": kind,
+               "val_loss": r.val_loss, "status": r.status, "tokens_per_s": r.tokens_per_s,
+               "seconds": time.perf_counter() - t0, "matmul_flops_ref": ref,
+               "train_flops_per_token": arch.training_flops_per_token(budget.seq_len),
+               "loadavg": os.getloadavg()[0], "worker": worker, "device": r.device, "gpu": gpu,
+               "torch": torch.__version__}
+        append_jsonl(out, row)
+        print(f"[{i}] {c} {kind} {tokens} s{seed} {arch.describe()} "
+              f"loss={r.val_loss:.3f} {row['seconds']:.1f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
     python bench/collect_table.py --n 300            # resumable: rerun to continue
     python bench/collect_table.py --n 300 --tokens 50000
+    # many cores elsewhere: train only, 12 processes; then time the rows here, one core
+    for k in $(seq 0 11); do python bench/collect_table.py --tokens 200000 --table tiny_table_200k \
+        --train-only --shard $k/12 & done; wait
+    python bench/collect_table.py --tokens 200000 --table tiny_table_200k --latency-only
 
 Each candidate is a uniform draw from the tiny space (distinct, meeting its shape constraint
 params <= 1.5M), proxy-trained on the space's own corpus (stdlib, byte tokens) with the space's
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import tempfile
 import time
@@ -24,10 +29,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench._util import RESULTS, append_jsonl, corpus, read_jsonl, sample_archs
+from bench._util import RESULTS, append_jsonl, corpus, parse_shard, read_jsonl, sample_archs
 from bench.common import format_machine, machine_info, matmul_flops
 
-OUT = RESULTS / "tiny_table.jsonl"
+
+
+def table_paths(name: str) -> tuple[Path, Path]:
+    """The table's rows, and the latency rows ``--latency-only`` adds for ``--train-only`` ones."""
+    return RESULTS / f"{name}.jsonl", RESULTS / f"{name}_latency.jsonl"
+
+
+def load_rows(name: str) -> list[dict]:
+    """The table's rows, with latency from the separate latency file merged in by hash."""
+    rows_path, latency_path = table_paths(name)
+    latency = {r["hash"]: r for r in read_jsonl(latency_path)}
+    rows = []
+    for r in read_jsonl(rows_path):
+        if "decode_ms" not in r and r["hash"] in latency:
+            lat = latency[r["hash"]]
+            r = {**r, **{k: lat[k] for k in ("decode_ms", "prefill_ms", "decode_cv", "prefill_cv")}}
+        rows.append(r)
+    return rows
 
 
 def main() -> None:
@@ -35,49 +57,91 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--tokens", type=int, default=50_000)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--table", default="tiny_table", help="results file name (no .jsonl)")
+    ap.add_argument("--shard", default=None, help="K/N: this process takes candidates K mod N")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--train-only", action="store_true",
+                      help="train and score only (a many-core machine); time later")
+    mode.add_argument("--latency-only", action="store_true",
+                      help="export and time the --train-only rows here (latency is shape-only)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(format_machine(machine_info(threads=1)), flush=True)
-    from nas.hardware import load_profile
-    from nas.latency import measure
-    from nas.onnx_export import export_onnx
-    from nas.proxy import train
     from nas.space import load_space
 
     space = load_space("tiny")
     budget = dataclasses.replace(space.budget, tokens=args.tokens, max_seconds=None)
-    profile = load_profile("cpu-1t")
-    data = corpus("stdlib")
-    done = {r["hash"] for r in read_jsonl(OUT)}
+    shard, shards = parse_shard(args.shard)
     archs = sample_archs(space, args.n, args.seed)
+    rows_path, latency_path = table_paths(args.table)
+    if args.latency_only:
+        time_rows(rows_path, latency_path)
+        return
+    done = {r["hash"] for r in read_jsonl(rows_path)}
     print(f"{len(done)} of {len(archs)} done; budget {budget.tokens} tokens", flush=True)
+    data = corpus("stdlib")
     for i, arch in enumerate(archs):
-        if arch.hash in done:
+        if arch.hash in done or i % shards != shard:
             continue
-        t0 = time.perf_counter()
-        ref = matmul_flops(threads=1, n=512, rounds=3)
-        t1 = time.perf_counter()
-        trained = train(arch, budget, data, threads=1)
-        t2 = time.perf_counter()
-        row = {"i": i, "hash": arch.hash, "arch": arch.to_dict(), "params": arch.n_params,
-               "val_loss": trained.result.val_loss, "status": trained.result.status,
-               "tokens_per_s": trained.result.tokens_per_s, "tokens": budget.tokens,
-               "train_flops_per_token": arch.training_flops_per_token(budget.seq_len),
-               "matmul_flops_ref": ref, "loadavg": __import__("os").getloadavg()[0]}
-        if trained.result.status != "diverged":
-            with tempfile.TemporaryDirectory() as tmp:
-                graphs = export_onnx(trained.model, arch, Path(tmp))
-                t3 = time.perf_counter()
-                lat = measure(graphs, profile)
-                t4 = time.perf_counter()
-            row.update(decode_ms=lat.decode.median_ms, prefill_ms=lat.prefill.median_ms,
-                       decode_cv=lat.decode.cv, prefill_cv=lat.prefill.cv,
-                       seconds={"ref": t1 - t0, "train": t2 - t1, "export": t3 - t2,
-                                "latency": t4 - t3})
-        append_jsonl(OUT, row)
+        row = evaluate(i, arch, budget, data, with_latency=not args.train_only)
+        append_jsonl(rows_path, row)
         print(f"[{i}] {arch.describe()} params={arch.n_params} loss={row['val_loss']:.3f} "
               f"decode={row.get('decode_ms', float('nan')):.3f}ms "
-              f"{time.perf_counter() - t0:.1f}s", flush=True)
+              f"{sum(row['seconds'].values()):.1f}s", flush=True)
+
+
+def evaluate(i: int, arch, budget, data, with_latency: bool) -> dict:
+    """Train (and unless told otherwise export and time) one candidate, as a trial does."""
+    from nas.proxy import train
+
+    t0 = time.perf_counter()
+    ref = matmul_flops(threads=1, n=512, rounds=3)
+    t1 = time.perf_counter()
+    trained = train(arch, budget, data, threads=1)
+    t2 = time.perf_counter()
+    row = {"i": i, "hash": arch.hash, "arch": arch.to_dict(), "params": arch.n_params,
+           "val_loss": trained.result.val_loss, "status": trained.result.status,
+           "tokens_per_s": trained.result.tokens_per_s, "tokens": budget.tokens,
+           "train_flops_per_token": arch.training_flops_per_token(budget.seq_len),
+           "matmul_flops_ref": ref, "loadavg": os.getloadavg()[0], "torch": torch.__version__,
+           "seconds": {"ref": t1 - t0, "train": t2 - t1}}
+    if with_latency and trained.result.status != "diverged":
+        row.update(measure_latency(trained.model, arch))
+        row["seconds"].update(row.pop("latency_seconds"))
+    return row
+
+
+def measure_latency(model, arch) -> dict:
+    from nas.hardware import load_profile
+    from nas.latency import measure
+    from nas.onnx_export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        graphs = export_onnx(model, arch, Path(tmp))
+        t1 = time.perf_counter()
+        lat = measure(graphs, load_profile("cpu-1t"))
+        t2 = time.perf_counter()
+    return {"decode_ms": lat.decode.median_ms, "prefill_ms": lat.prefill.median_ms,
+            "decode_cv": lat.decode.cv, "prefill_cv": lat.prefill.cv,
+            "latency_seconds": {"export": t1 - t0, "latency": t2 - t1}}
+
+
+def time_rows(rows_path: Path, latency_path: Path) -> None:
+    """Export and time every scored row that has no latency yet (untrained weights: the graph
+    and its cost depend on the shape only)."""
+    from nas.architecture import Architecture
+    from nas.model import build_model
+
+    timed = {r["hash"] for r in read_jsonl(latency_path)}
+    todo = [r for r in read_jsonl(rows_path) if "decode_ms" not in r and r["hash"] not in timed
+            and r["status"] != "diverged"]
+    print(f"{len(todo)} rows to time", flush=True)
+    for r in todo:
+        arch = Architecture.from_dict(r["arch"])
+        lat = measure_latency(build_model(arch).eval(), arch)
+        append_jsonl(latency_path, {"hash": r["hash"], "loadavg": os.getloadavg()[0], **lat})
+        print(f"[{r['i']}] {arch.describe()} decode={lat['decode_ms']:.3f}ms", flush=True)
 
 
 if __name__ == "__main__":
