@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nas.errors import NasError
@@ -91,6 +92,9 @@ def search(
     console.print(f"search [bold]{request.name}[/]: space {loaded.name} ({loaded.source}), "
                   f"{request.trials} trials, profiles {', '.join(p.name for p in chosen)}, "
                   f"db {store.describe_url()}")
+    note = request.oversubscription()
+    if note:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     with _live_progress(request.name, request.trials, enabled=progress) as on_progress:
         outcome = SearchDriver(request, store, on_progress=on_progress).run()
     _print_front(store, request.name)

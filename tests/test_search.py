@@ -199,3 +199,22 @@ def test_unknown_timing_policy_is_a_named_error():
 
     with pytest.raises(ConfigError, match="timing='sometimes' must be one of exclusive, overlap"):
         SearchRequest(space=load_space(SPACE), name="p", profiles=(), trials=1, timing="sometimes")
+
+
+@pytest.mark.parametrize("cores, workers, threads, fits", [
+    ([0, 1], 2, 1, False),  # 2 cores: one times, one trains; a second worker shares it
+    ([0, 1], 1, 1, True),
+    ([0, 1, 2, 3], 3, 1, True),
+    ([0, 1, 2, 3], 2, 2, False),
+    ([0, 1], None, 1, True),  # the default is one worker per training core
+])
+def test_more_workers_than_training_cores_gets_a_note(cores, workers, threads, fits):
+    profile = load_profiles([PROFILE])[0]
+    request = SearchRequest(space=load_space(SPACE), name="p", profiles=(profile,), trials=2,
+                            workers=workers, train_threads=threads)
+    note = request.oversubscription(cores)
+    if fits:
+        assert note is None
+    else:
+        assert f"--workers {workers} x --threads {threads}" in note
+        assert f"--workers {max(1, (len(cores) - 1) // threads)} fits" in note
