@@ -410,6 +410,9 @@ class SearchDriver:
                                 "narrow the space")
                 if not self.inflight:
                     status = "finished" if self._budget_left() <= 0 else "stopped"
+                    # An ask retried over a database outage can leave the first attempt's trial
+                    # RUNNING in Optuna with nothing stored; fail it now rather than at a resume.
+                    self._repair_study(study)
                     break
                 self._collect(study, tasks, ray, local, cluster_has_measure)
                 self._poll_stop_request()

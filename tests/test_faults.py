@@ -40,12 +40,22 @@ def _state(store: Store, name: str, trial: int) -> str | None:
     return found[0].state if found else None
 
 
-def _assert_optuna_agrees(store: Store, name: str) -> None:
-    """Optuna's study holds exactly the store's finished trials, in the same states."""
+def _assert_optuna_agrees(store: Store, name: str, lost_asks: bool = False) -> None:
+    """Optuna's study holds exactly the store's finished trials, in the same states.
+
+    ``lost_asks``: an ask whose reply was lost (a database outage, a driver killed before the
+    store write) is asked again, so Optuna may also hold the lost attempt's trial, which must
+    have been failed (never left RUNNING) and never stored.
+    """
     study = optuna.load_study(study_name=f"nas:{name}", storage=store.optuna_storage())
     states = {"complete": optuna.trial.TrialState.COMPLETE, "failed": optuna.trial.TrialState.FAIL}
     told = {t.number: t.state for t in study.trials if t.state != optuna.trial.TrialState.PRUNED}
-    assert told == {c.trial_number: states[c.state] for c in store.candidates(name)}
+    stored = {c.trial_number: states[c.state] for c in store.candidates(name)}
+    if lost_asks:
+        lost = {n: s for n, s in told.items() if n not in stored}
+        assert set(lost.values()) <= {optuna.trial.TrialState.FAIL}, lost
+        told = {n: s for n, s in told.items() if n in stored}
+    assert told == stored
 
 
 def test_worker_killed_mid_trial_is_retried_then_failed_with_the_reason(tmp_path):
@@ -148,9 +158,15 @@ def test_failed_export_fails_the_candidate_with_its_reason(monkeypatch):
 
 
 @pytest.mark.postgres
-def test_postgres_restart_mid_search_loses_nothing(postgres_url):
+def test_postgres_restart_mid_search_loses_nothing(postgres_url, tmp_path):
+    # Trials long enough (a few seconds each) that the second is still training when the server
+    # stops: with the e2e space's sub-second trials the search could finish before the outage.
+    space = yaml.safe_load((DATA / "e2e.yaml").read_text())
+    space["budget"]["tokens"] = 1_500_000
+    space_file = tmp_path / "slow-e2e.yaml"
+    space_file.write_text(yaml.safe_dump(space))
     with pg_database(postgres_url) as db:
-        proc = start(search_args("pg-restart", db, trials=2, extra=["--workers", "1"]))
+        proc = start(search_args("pg-restart", db, trials=2, space=space_file, extra=["--workers", "1"]))
         try:
             with Store(db) as store:
                 wait_for(lambda: _state(store, "pg-restart", 0) == "complete", 180, "a first result", proc)
@@ -158,17 +174,19 @@ def test_postgres_restart_mid_search_loses_nothing(postgres_url):
                 pg_ctl("stop")  # every connection of the driver drops; its writes fail meanwhile
                 time.sleep(2.0)  # the driver polls the database every second: it meets the outage
                 pg_ctl("start")
+                assert proc.poll() is None, "the search ended before the outage: nothing was tested"
                 _out, err = proc.communicate(timeout=240)
                 assert proc.returncode == 0, err
                 assert "retrying" in err  # the outage was met, and survived
                 assert store.get_search("pg-restart").status == "finished"
                 records = store.candidates("pg-restart")
-                assert [r.trial_number for r in records] == [0, 1]
+                # Two candidates; a number is skipped when an ask was retried over the outage.
+                assert len(records) == 2 and records[0].trial_number == 0
                 for record in records:
                     assert record.state in ("complete", "failed")
                     if record.state == "complete":
                         assert record.metrics and record.latencies and record.has_weights
-                _assert_optuna_agrees(store, "pg-restart")
+                _assert_optuna_agrees(store, "pg-restart", lost_asks=True)
         finally:
             if proc.poll() is None:
                 kill_session(proc)
@@ -191,13 +209,15 @@ def test_driver_killed_then_resumed_on_postgres_loses_and_repeats_nothing(postgr
                 assert result.returncode == 0, result.stderr
                 after = {r.trial_number: r for r in store.candidates("pg-kill")}
                 assert store.get_search("pg-kill").status == "finished"
-                assert sorted(after) == [0, 1] and not store.running_trials("pg-kill")
+                # Two candidates; killed between an ask and its store write, the resumed driver
+                # fails that trial in Optuna and asks a new one, so a number may be skipped.
+                assert len(after) == 2 and 0 in after and not store.running_trials("pg-kill")
                 for trial, record in before.items():  # kept as they were, not re-run
                     assert after[trial].finished_at == record.finished_at
                     assert after[trial].metrics == record.metrics
                 for trial in running:  # re-run under the same trial number
                     assert after[trial].state in ("complete", "failed") and after[trial].attempts == 2
-                _assert_optuna_agrees(store, "pg-kill")
+                _assert_optuna_agrees(store, "pg-kill", lost_asks=True)
         finally:
             if proc.poll() is None:
                 kill_session(proc)
