@@ -1,6 +1,7 @@
 """Item 1 (and 3a) tables from the runs bench/collect_fidelity.py and collect_table.py stored.
 
-    python bench/analyze_fidelity.py            # seconds; reads bench/results/*.jsonl
+    python bench/analyze_fidelity.py                 # seconds; reads bench/results/*.jsonl
+    python bench/analyze_fidelity.py --ref 500000    # against the earlier 500k reference
 
 Per corpus and ladder rung: Spearman rho and Kendall tau between the proxy's loss and the
 reference loss (seed 0 at the reference budget), with 95% bootstrap intervals (2000 resamples
@@ -64,26 +65,35 @@ def fmt(p, lo, hi):
     return f"{p:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def fidelity() -> str:
+def _where(rows: list[dict]) -> str:
+    devices = sorted({r.get("gpu") or "CPU" for r in rows})
+    return ", ".join(devices)
+
+
+def fidelity(ref_tokens: int | None = None) -> str:
+    """``ref_tokens``: the reference budget (default: the longest); shorter references become
+    one more rung of the ladder."""
     rows = [r for r in read_jsonl(*sorted(RESULTS.glob("fidelity_*.jsonl"))) if np.isfinite(r["val_loss"])]
+    if ref_tokens is None:
+        ref_tokens = max(r["tokens"] for r in rows if r["kind"] == "ref")
     rng = np.random.default_rng(0)
     out = []
     for corpus in ("shakespeare", "wikitext"):
         rs = [r for r in rows if r["corpus"] == corpus]
-        ref = {r["hash"]: r for r in rs if r["kind"] == "ref" and r["seed"] == 0}
-        ref1 = {r["hash"]: r for r in rs if r["kind"] == "ref" and r["seed"] == 1}
-        rungs = sorted({r["tokens"] for r in rs if r["kind"] == "proxy"})
-        ref_tokens = sorted({r["tokens"] for r in ref.values()})
+        ref = {r["hash"]: r for r in rs if r["kind"] == "ref" and r["seed"] == 0 and r["tokens"] == ref_tokens}
+        ref1 = {r["hash"]: r for r in rs if r["kind"] == "ref" and r["seed"] == 1 and r["tokens"] == ref_tokens}
+        # Every seed-0 run that is not the reference predicts it: the ladder and other references.
+        rungs = sorted({r["tokens"] for r in rs if r["seed"] == 0 and r["tokens"] != ref_tokens})
         table = []
         for t in rungs:
-            px = {r["hash"]: r for r in rs if r["kind"] == "proxy" and r["tokens"] == t}
+            px = {r["hash"]: r for r in rs if r["seed"] == 0 and r["tokens"] == t}
             hs = sorted(set(px) & set(ref))
             if len(hs) < 5:
                 continue
             p = np.array([px[h]["val_loss"] for h in hs])
             y = np.array([ref[h]["val_loss"] for h in hs])
             k = 10 if len(hs) >= 40 else max(2, len(hs) // 4)
-            table.append([f"proxy {t // 1000}k tokens", len(hs), fmt(*boot(p, y, _rho, rng)),
+            table.append([f"proxy {t // 1000}k tokens ({_where(list(px.values()))})", len(hs), fmt(*boot(p, y, _rho, rng)),
                           fmt(*boot(p, y, _tau, rng)), f"{recall(p, y, k):.2f} (top {k} in {2 * k})",
                           fmt(*boot(p, y, _rho, rng, c=-np.array([ref[h]["params"] for h in hs])))])
         hs = sorted(ref)
@@ -100,7 +110,8 @@ def fidelity() -> str:
                 d = np.abs(a - b)
                 table.append([f"seed ceiling (seed 0 vs 1 at ref, mean abs. diff {d.mean():.3f} nats)",
                               len(other), fmt(*boot(a, b, _rho, rng)), fmt(*boot(a, b, _tau, rng)), "-", "-"])
-        out.append(f"\n{corpus}: reference = {', '.join(f'{t // 1000}k' for t in ref_tokens)} tokens, seed 0\n")
+        out.append(f"\n{corpus}: reference = {ref_tokens // 1000}k tokens, seed 0, trained on "
+                   f"{_where(list(ref.values()))}\n")
         out.append(markdown_table(["predictor", "n", "Spearman rho [95% CI]", "Kendall tau [95% CI]",
                                    "top-k recall", "rho minus param-count rho [95% CI]"], table))
         feats = [r for r in ref.values() if r["arch"]["sharing"] != "none" or
@@ -114,7 +125,8 @@ def throughput() -> str:
     bins = [(0, 1e5), (1e5, 3e5), (3e5, 1e6), (1e6, 2e6)]
     table = []
     for lo, hi in bins:
-        sel = [r for r in rows if lo <= r["params"] < hi and r.get("tokens_per_s") and r.get("status") == "ok"]
+        sel = [r for r in rows if lo <= r["params"] < hi and r.get("tokens_per_s")
+               and r.get("status") == "ok" and r.get("matmul_flops_ref")]
         if not sel:
             continue
         frac = np.array([r["train_flops_per_token"] * r["tokens_per_s"] / r["matmul_flops_ref"] for r in sel])
@@ -147,7 +159,11 @@ def table_breakdown() -> str:
 
 
 if __name__ == "__main__":
-    print(fidelity())
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ref", type=int, default=None, help="reference tokens (default: longest)")
+    print(fidelity(ap.parse_args().ref))
     print("\nThroughput of the proxy runs above (one thread, fp32):\n")
     print(throughput())
     print("\nTable candidates (50k tokens): mean seconds per step\n")

@@ -14,11 +14,12 @@ Candidates: ``--n`` distinct uniform draws from `tiny.yaml` (params <= 1.5M, byt
 >= 25% use sharing, GQA or non-softmax attention (the analysis prints the share). Each is
 trained with the tiny space's budget at every ladder rung (scored on the product's 16k
 validation tokens) and at the reference budget ``--ref`` (scored on 64k validation tokens, so
-the reference is the more precise one) with seed 0, and with seed 1 for every fourth candidate
-(the seed-to-seed ceiling). Corpora: tinyshakespeare (last 10% held out) and WikiText-2
+the reference is the more precise one) with seed 0, and with seed 1 for every ``--ceiling-every``-th
+candidate (default 4; the seed-to-seed ceiling). Corpora: tinyshakespeare (last 10% held out) and WikiText-2
 (valid.txt to train, test.txt to evaluate). One thread per process; one JSON line per run in
 bench/results/fidelity_<worker>.jsonl; every worker skips runs any worker has finished.
-Work is ordered candidate by candidate so a partial run has complete candidates.
+Units are ordered seed 0 first, candidate by candidate, so a partial run has complete
+candidates; ``--shard K/N`` splits them between processes (``--device cuda``: on one GPU).
 """
 
 from __future__ import annotations

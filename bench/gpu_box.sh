@@ -9,7 +9,7 @@
 # processes, and on the CPU cores the 400k-token rung and the item 4 table at the product's
 # default budget (200k tokens, train only: latency is timed on the development machine).
 set -u
-phase=${1:?phase: fidelity | fidelity2}
+phase=${1:?phase: fidelity | fidelity2 | throughput-slm}
 limit=${LIMIT_S:-540}
 : "${NAS_BENCH_RESULTS:?set NAS_BENCH_RESULTS}"
 log=$NAS_BENCH_RESULTS/run.log
@@ -49,6 +49,13 @@ fidelity2)  # what phase fidelity left: seed 0 everywhere, seed 1 for every seco
     run bench/collect_fidelity.py --kinds ref --ref 2000000 --ceiling-every 2 --device cuda \
       --shard $k/8 --worker gpu &
   done
+  for k in 0 1 2 3 4; do
+    run bench/bench_slm_findings.py --scale slm --device cuda --tokens "${SLM_TOKENS:-10000000}" \
+      --shard $k/5 &
+  done
+  wait ;;
+throughput-slm)  # the GPU's own numbers (alone on the GPU), then the slm-scale comparisons
+  run bench/bench_throughput.py --device cuda --seconds 3 >"$NAS_BENCH_RESULTS/throughput_cuda.md"
   for k in 0 1 2 3 4; do
     run bench/bench_slm_findings.py --scale slm --device cuda --tokens "${SLM_TOKENS:-10000000}" \
       --shard $k/5 &

@@ -30,7 +30,7 @@ def _from_mapping(cls: type, data: Mapping[str, Any], source: str | None, sectio
 class ProxyBudget:
     """How long and how a candidate is trained before it is scored."""
 
-    tokens: int = 200_000  # training tokens per candidate
+    tokens: int = 500_000  # training tokens per candidate (BENCHMARKS.md, item 1)
     batch_size: int = 16
     seq_len: int = 64
     lr: float = 3e-3
