@@ -2,6 +2,7 @@
 
     python bench/bench_search_efficiency.py                  # ~1-2 minutes, no training
     python bench/bench_search_efficiency.py --trials 50 --seeds 10 --json
+    python bench/bench_search_efficiency.py --table tiny_table_200k    # the second table
 
 The table (bench/results/tiny_table.jsonl, made by bench/collect_table.py) holds uniformly
 drawn `tiny.yaml` candidates, each really trained (proxy loss), exported and timed (cpu-1t
@@ -43,10 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import yaml
 
-from bench._util import RESULTS, read_jsonl
+from bench.collect_table import load_rows
 from bench.common import format_machine, machine_info, markdown_table
 
-TABLE = RESULTS / "tiny_table.jsonl"
 OBJ = ("val_loss", "latency:cpu-1t:decode_ms")
 
 
@@ -65,10 +65,10 @@ def distance(f: np.ndarray, table: np.ndarray) -> np.ndarray:
     return num + cat
 
 
-def load_table():
+def load_table(name: str = "tiny_table"):
     from nas.architecture import Architecture
 
-    rows = [r for r in read_jsonl(TABLE)
+    rows = [r for r in load_rows(name)
             if r.get("status") != "diverged" and "decode_ms" in r and math.isfinite(r["val_loss"])]
     seen, out = set(), []
     for r in rows:
@@ -135,6 +135,9 @@ def main() -> None:
     ap.add_argument("--samplers", default="tpe,nsga2,random",
                     help="comma-free list separated by ; when options are given, e.g. "
                     "'tpe;tpe:n_startup_trials=20;random'")
+    ap.add_argument("--table", default="tiny_table",
+                    help="bench/results/<table>.jsonl from collect_table.py (tiny_table_200k: the "
+                    "second table, at the default budget of its time)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from scipy.stats import mannwhitneyu
@@ -142,7 +145,7 @@ def main() -> None:
     from nas.pareto import hypervolume, pareto_front, reference_point
 
     print(format_machine(machine_info()))
-    rows, archs, values = load_table()
+    rows, archs, values = load_table(args.table)
     dirs = ["min", "min"]
     ref = reference_point(values, dirs)
     hv_table = hypervolume(values, dirs, ref)
