@@ -100,7 +100,7 @@ class SearchRequest:
         """A note when ``--workers`` x ``--threads`` exceeds this machine's training cores.
 
         Trainings then share cores: each candidate trains slower and the search is rarely faster
-        (measured: 2 workers on a 2-core machine, one training core, ran 0.92x as fast as one).
+        (measured: 2 workers on a 2-core machine, one training core, ran 0.92-0.96x as fast as one).
         """
         if not self.workers or self.ray_address:
             return None
