@@ -37,6 +37,26 @@ RAY = Path(sys.executable).with_name("ray")
 PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect"]
 
 
+def assert_optuna_agrees(store: Any, name: str, lost_asks: bool = False) -> None:
+    """Optuna's study holds exactly the store's finished trials, in the same states.
+
+    ``lost_asks``: an ask whose reply was lost (a database outage, a driver killed before the
+    store write) is asked again, so Optuna may also hold the lost attempt's trial, which must
+    have been failed (never left RUNNING) and never stored.
+    """
+    import optuna
+
+    study = optuna.load_study(study_name=f"nas:{name}", storage=store.optuna_storage())
+    states = {"complete": optuna.trial.TrialState.COMPLETE, "failed": optuna.trial.TrialState.FAIL}
+    told = {t.number: t.state for t in study.trials if t.state != optuna.trial.TrialState.PRUNED}
+    stored = {c.trial_number: states[c.state] for c in store.candidates(name)}
+    if lost_asks:
+        lost = {n: s for n, s in told.items() if n not in stored}
+        assert set(lost.values()) <= {optuna.trial.TrialState.FAIL}, lost
+        told = {n: s for n, s in told.items() if n in stored}
+    assert told == stored
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,11 +18,11 @@ import threading
 import time
 from pathlib import Path
 
-import optuna
 import psutil
 import pytest
 import yaml
-from harness import DATA, kill_session, pg_ctl, pg_database, ray_task_processes, search_args, start, wait_for
+from harness import (DATA, assert_optuna_agrees, kill_session, pg_ctl, pg_database, ray_task_processes,
+                     search_args, start, wait_for)
 
 from nas.errors import ExportError
 from nas.store import Store
@@ -38,24 +38,6 @@ def _sqlite(tmp_path: Path) -> str:
 def _state(store: Store, name: str, trial: int) -> str | None:
     found = [c for c in store.candidates(name) if c.trial_number == trial] if store.find_search(name) else []
     return found[0].state if found else None
-
-
-def _assert_optuna_agrees(store: Store, name: str, lost_asks: bool = False) -> None:
-    """Optuna's study holds exactly the store's finished trials, in the same states.
-
-    ``lost_asks``: an ask whose reply was lost (a database outage, a driver killed before the
-    store write) is asked again, so Optuna may also hold the lost attempt's trial, which must
-    have been failed (never left RUNNING) and never stored.
-    """
-    study = optuna.load_study(study_name=f"nas:{name}", storage=store.optuna_storage())
-    states = {"complete": optuna.trial.TrialState.COMPLETE, "failed": optuna.trial.TrialState.FAIL}
-    told = {t.number: t.state for t in study.trials if t.state != optuna.trial.TrialState.PRUNED}
-    stored = {c.trial_number: states[c.state] for c in store.candidates(name)}
-    if lost_asks:
-        lost = {n: s for n, s in told.items() if n not in stored}
-        assert set(lost.values()) <= {optuna.trial.TrialState.FAIL}, lost
-        told = {n: s for n, s in told.items() if n in stored}
-    assert told == stored
 
 
 def test_worker_killed_mid_trial_is_retried_then_failed_with_the_reason(tmp_path):
@@ -87,7 +69,7 @@ def test_worker_killed_mid_trial_is_retried_then_failed_with_the_reason(tmp_path
             assert failed.error.startswith("training worker failed after 1 retries: WorkerCrashedError"), \
                 failed.error
             assert passed.metrics["val_loss"] > 0 and passed.latencies and passed.has_weights
-            _assert_optuna_agrees(store, "kill")
+            assert_optuna_agrees(store, "kill")
     finally:
         if proc.poll() is None:
             kill_session(proc)
@@ -132,7 +114,7 @@ def test_diverging_candidates_fail_with_their_reason_and_the_search_finishes(tmp
             assert record.state == "failed"
             assert record.error.startswith("training diverged: training loss "), record.error
             assert record.proxy["status"] == "diverged"  # the partial run is kept for the user
-        _assert_optuna_agrees(store, "diverge")
+        assert_optuna_agrees(store, "diverge")
 
 
 def test_failed_export_fails_the_candidate_with_its_reason(monkeypatch):
@@ -186,7 +168,7 @@ def test_postgres_restart_mid_search_loses_nothing(postgres_url, tmp_path):
                     assert record.state in ("complete", "failed")
                     if record.state == "complete":
                         assert record.metrics and record.latencies and record.has_weights
-                _assert_optuna_agrees(store, "pg-restart", lost_asks=True)
+                assert_optuna_agrees(store, "pg-restart", lost_asks=True)
         finally:
             if proc.poll() is None:
                 kill_session(proc)
@@ -217,7 +199,7 @@ def test_driver_killed_then_resumed_on_postgres_loses_and_repeats_nothing(postgr
                     assert after[trial].metrics == record.metrics
                 for trial in running:  # re-run under the same trial number
                     assert after[trial].state in ("complete", "failed") and after[trial].attempts == 2
-                _assert_optuna_agrees(store, "pg-kill", lost_asks=True)
+                assert_optuna_agrees(store, "pg-kill", lost_asks=True)
         finally:
             if proc.poll() is None:
                 kill_session(proc)
