@@ -141,7 +141,7 @@ def test_failed_export_fails_the_candidate_with_its_reason(monkeypatch):
 
 @pytest.mark.postgres
 def test_postgres_restart_mid_search_loses_nothing(postgres_url, tmp_path):
-    # Trials long enough (a few seconds each) that the second is still training when the server
+    # Trials long enough (~15 s each here) that the second is still training when the server
     # stops: with the e2e space's sub-second trials the search could finish before the outage.
     space = yaml.safe_load((DATA / "e2e.yaml").read_text())
     space["budget"]["tokens"] = 1_500_000
