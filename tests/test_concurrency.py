@@ -137,13 +137,22 @@ def _observe(url: str) -> Observed:
             assert dashboard is not None, "the search never appeared in the store"
             seen.studies = dashboard.http.get("/api/studies").json()["study_summaries"]
             ours = next(s for s in seen.studies if s["study_name"] == f"nas:{NAME}")
-            seen.detail = dashboard.http.get(f"/api/studies/{ours['study_id']}").json()
+            # optuna-dashboard caches a study's trials for 2-10 s (its _storage.get_trials TTL),
+            # so the final state shows up within that, not at once.
+            seen.detail = wait_for(lambda: _final_detail(dashboard, ours["study_id"]), 30,
+                                   "optuna-dashboard to show every trial finished")
         return seen
     finally:
         if search.poll() is None:
             kill_session(search)
         if dashboard is not None:
             dashboard.stop()
+
+
+def _final_detail(dashboard: Dashboard, study_id: int) -> dict | None:
+    detail = dashboard.http.get(f"/api/studies/{study_id}").json()
+    finished = [t for t in detail["trials"] if t["state"] in ("Complete", "Fail")]
+    return detail if len(finished) == TRIALS else None
 
 
 def test_nas_serve_reads_while_a_search_writes(observed: Observed):
