@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -59,9 +60,16 @@ from nas.specs import DataSpec
 
 log = logging.getLogger("nas.search")
 
+REPEAT_ATTR = "nas:repeat_of"  # Optuna user attribute: the trial whose architecture a draw repeats
+
 TIMING_POLICIES = ("exclusive", "overlap")
 # Consecutive samples rejected by shape-only constraints before we call the space infeasible.
 MAX_STATIC_REJECTIONS = 500
+# Consecutive draws of already-evaluated architectures before the driver enqueues an unseen one
+# drawn uniformly: a sampler that has converged (or a nearly exhausted small space) would
+# otherwise ask forever without adding a distinct architecture.
+REPEATS_BEFORE_RANDOM = 20
+RANDOM_UNSEEN_TRIES = 200
 RAY_CONNECT_TIMEOUT_S = 5.0  # an unreachable --ray-address fails in seconds, not after Ray's retries
 
 
@@ -115,6 +123,31 @@ class SearchRequest:
                 f"cores, which slows each candidate and rarely speeds up the search; "
                 f"--workers {max(1, train_cores // self.train_threads)} fits.")
 
+    @functools.cached_property
+    def distinct_architectures(self) -> tuple[Architecture, ...] | None:
+        """The space's architectures that meet its shape-only constraints; None: too many to list."""
+        found = self.space.distinct_architectures()
+        return None if found is None else tuple(found)
+
+    @property
+    def space_size(self) -> int | None:
+        found = self.distinct_architectures
+        return None if found is None else len(found)
+
+    @property
+    def effective_trials(self) -> int:
+        """The budget in distinct architectures: ``trials``, or the space's size if smaller."""
+        size = self.space_size
+        return self.trials if size is None else max(1, min(self.trials, size))
+
+    def trials_note(self) -> str | None:
+        """Said once when the space is smaller than the budget."""
+        if self.effective_trials >= self.trials:
+            return None
+        return (f"space {self.space.name!r} holds only {self.space_size} distinct architecture(s) "
+                f"that meet its shape-only constraints: --trials {self.trials} evaluates "
+                f"{self.effective_trials}")
+
 
 @dataclass
 class SearchOutcome:
@@ -138,7 +171,16 @@ class _InFlight:
     measure_refs: dict[Any, str] = field(default_factory=dict)  # ref -> profile name
     latencies: dict[str, ProfileLatency] = field(default_factory=dict)
     measure_started: float = 0.0
-    followers: list[int] = field(default_factory=list)  # later trials with the same architecture
+    followers: list[int] = field(default_factory=list)  # repeat draws of it, told when it ends
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """A distinct architecture's first finished result: what a repeat draw is told."""
+
+    trial: int
+    state: str  # complete | failed
+    metrics: dict[str, float]
 
 
 @dataclass
@@ -168,6 +210,7 @@ def resolve_profiles(space: SearchSpace, profiles: Sequence[HardwareProfile] | N
                     f"metric {metric!r} needs profile {profile!r}, which is not among the measured "
                     f"profiles ({', '.join(sorted(names))})", source=space.source, field="profiles",
                     value=sorted(names))
+    space.check_profiles(chosen)  # every candidate holds the context each profile times
     for profile in chosen:
         check_available(profile)
     return chosen
@@ -188,7 +231,10 @@ class SearchDriver:
         self.inflight: dict[int, _InFlight] = {}
         self.by_hash: dict[str, _InFlight] = {}
         self.points: dict[int, tuple[list[float], bool]] = {}  # candidate id -> (objectives, feasible)
-        self.progress = Progress(total=request.trials)
+        self.progress = Progress(total=request.effective_trials)
+        self._finished: dict[str, _Finished] = {}  # arch hash -> its first finished result
+        self._next_trial = 0  # the number the next ask will get: seeds the sampler for it
+        self._repeats_in_a_row = 0
         self._started_ray = False
         self._train_slots = 1
         self._point_hashes: set[str] = set()
@@ -227,8 +273,8 @@ class SearchDriver:
                 profiles=[p.to_dict() for p in req.profiles],
                 objectives=list(zip(self.objectives, self.directions)),
                 constraints=list(space.constraint_texts()), data=req.data_spec.to_dict(),
-                budget=space.budget.to_dict(), trials=req.trials, study_name=f"nas:{req.name}")
-        self.store.update_search(req.name, trials=req.trials)
+                budget=space.budget.to_dict(), trials=req.effective_trials, study_name=f"nas:{req.name}")
+        self.store.update_search(req.name, trials=req.effective_trials)
         return existing
 
     def _open_study(self):
@@ -385,6 +431,7 @@ class SearchDriver:
             self._reference = search.reference_point
             self._load_finished()
             self._repair_study(study)
+            self._next_trial = len(self._db(study.get_trials, deepcopy=False))
             tasks = _ray_tasks(ray)
             local = not req.ray_address
             cluster_has_measure = "nas_measure" in ray.cluster_resources()
@@ -484,8 +531,8 @@ class SearchDriver:
             self.progress.message = "stop requested from the web service"
 
     def _budget_left(self) -> int:
-        return self.request.trials - self.progress.done - len(self.inflight) - sum(
-            len(f.followers) for f in self.inflight.values())
+        """Distinct architectures still to start: repeat draws never use up the budget."""
+        return self.request.effective_trials - len(self._finished) - len(self.inflight)
 
     def _training_in_flight(self) -> int:
         return sum(1 for f in self.inflight.values() if f.train is None)
@@ -514,22 +561,67 @@ class SearchDriver:
                      self.space.constraint_dict(static_metrics(arch), partial=True),
                      state=optuna.trial.TrialState.PRUNED)
             return False
+        if arch.hash in self.by_hash or arch.hash in self._finished:
+            self._repeat(study, trial, arch)
+            return True
+        self._repeats_in_a_row = 0
         self.store.start_candidate(self.request.name, trial.number, arch)
-        if arch.hash in self.by_hash:  # same architecture already in flight: wait for it
-            self.by_hash[arch.hash].followers.append(trial.number)
-            return True
-        previous = self.store.completed_by_hash(self.request.name, arch.hash)
-        if previous is not None:
-            self._finish_as_copy(study, trial.number, previous)
-            return True
         self._submit(tasks, data_ref, trial.number, arch, local)
         return True
+
+    def _repeat(self, study, trial, arch: Architecture) -> None:
+        """A draw of an architecture already evaluated (or in flight): Optuna hears the earlier
+        result so the sampler still learns, but nothing is stored or trained and the budget is
+        not used up. The trial carries ``nas:repeat_of`` so readers can tell it apart."""
+        leader = self.by_hash.get(arch.hash)
+        original = leader.trial if leader is not None else self._finished[arch.hash].trial
+        self._db(trial.set_user_attr, REPEAT_ATTR, original)
+        if leader is not None:
+            leader.followers.append(trial.number)  # told when the leader's result is written
+        else:
+            self._db(self._tell_repeat, study, trial.number, self._finished[arch.hash])
+        self._repeats_in_a_row += 1
+        if self._repeats_in_a_row >= REPEATS_BEFORE_RANDOM:
+            self._repeats_in_a_row = 0
+            self._enqueue_unseen(study)
+
+    def _tell_repeat(self, study, trial_number: int, finished: _Finished) -> None:
+        import optuna
+
+        if finished.state == "complete":
+            _tell(study, trial_number, self.space.objective_values(finished.metrics),
+                  self.space.constraint_dict(finished.metrics))
+        else:
+            _tell(study, trial_number, None, None, state=optuna.trial.TrialState.FAIL)
+
+    def _enqueue_unseen(self, study) -> None:
+        """Queue one not-yet-evaluated architecture, drawn uniformly, for the next ask."""
+        import numpy as np
+
+        from nas.space import trial_seed
+
+        rng = np.random.default_rng(trial_seed(self.space.seed, self._next_trial))
+        seen = self._finished.keys() | self.by_hash.keys()
+        listed = self.request.distinct_architectures
+        if listed is not None:
+            unseen = [a for a in listed if a.hash not in seen]
+            pick = unseen[int(rng.integers(len(unseen)))] if unseen else None
+        else:
+            draws = (self.space.sample_random(rng) for _ in range(RANDOM_UNSEEN_TRIES))
+            pick = next((a for a in draws if a.hash not in seen and not self.space.check_static(a)), None)
+        if pick is not None:
+            self._db(study.enqueue_trial, self.space.params_for(pick))
 
     def _ask(self, study):
         """``study.ask()`` and the space's suggestions, as one unit `_db` can retry."""
         import optuna
 
+        from nas.space import make_sampler, trial_seed
+
+        # A fresh sampler seeded for this trial's position: a resumed run continues the stream.
+        study.sampler = make_sampler(self.space, seed=trial_seed(self.space.seed, self._next_trial))
         trial = study.ask()
+        self._next_trial = trial.number + 1
         try:
             return trial, self.space.suggest(trial)
         except Exception:
@@ -639,37 +731,31 @@ class SearchDriver:
             self._fail(study, entry, f"objective(s) {missing} missing or not finite", result_train=entry.train)
             return
         self._write_result(study, entry.trial, result)
-        for follower in entry.followers:
-            self._write_result(study, follower, dataclasses.replace(
-                result, timings={}, node=f"same architecture as trial {entry.trial}"))
+        self._tell_followers(study, entry)
         self._drop(entry)
+
+    def _tell_followers(self, study, entry: _InFlight) -> None:
+        for follower in entry.followers:
+            self._db(self._tell_repeat, study, follower, self._finished[entry.arch.hash])
 
     def _fail(self, study, entry: _InFlight, error: str, result_train=None) -> None:
         from nas.architecture import static_metrics
 
-        for trial in [entry.trial, *entry.followers]:
-            result = CandidateResult(
-                entry.arch, "failed", metrics=static_metrics(entry.arch),
-                proxy=result_train.proxy if result_train is not None else None, error=error,
-                timings=dict(result_train.timings) if result_train is not None else {},
-                node=result_train.node if result_train is not None else "")
-            self._write_result(study, trial, result)
+        result = CandidateResult(
+            entry.arch, "failed", metrics=static_metrics(entry.arch),
+            proxy=result_train.proxy if result_train is not None else None, error=error,
+            timings=dict(result_train.timings) if result_train is not None else {},
+            node=result_train.node if result_train is not None else "")
+        self._write_result(study, entry.trial, result)
+        self._tell_followers(study, entry)
         self._drop(entry)
-
-    def _finish_as_copy(self, study, trial_number: int, previous) -> None:
-        """An architecture already evaluated in this search: reuse its result, train nothing."""
-        weights = self.store.weights(previous.id) if previous.state == "complete" else None
-        result = CandidateResult(previous.architecture, previous.state, metrics=dict(previous.metrics),
-                                 proxy=_proxy_from_dict(previous.proxy), latencies=tuple(previous.latencies),
-                                 error=previous.error, weights=weights,
-                                 node=f"same architecture as trial {previous.trial_number}")
-        self._write_result(study, trial_number, result)
 
     def _write_result(self, study, trial_number: int, result: CandidateResult) -> None:
         import optuna
 
         record = self.store.finish_candidate(self.request.name, trial_number, result)
-        self.progress.done += 1
+        self._finished.setdefault(record.arch_hash, _Finished(trial_number, result.state, dict(result.metrics)))
+        self._count_progress()
         if result.state == "complete":
             values = self.space.objective_values(result.metrics)
             violations = self.space.constraint_dict(result.metrics)
@@ -677,8 +763,11 @@ class SearchDriver:
             self._add_point(record, values, all(v <= 0 for v in violations.values()))
             self._snapshot()
         else:
-            self.progress.failed += 1
             self._db(_tell, study, trial_number, None, None, state=optuna.trial.TrialState.FAIL)
+
+    def _count_progress(self) -> None:
+        self.progress.done = len(self._finished)
+        self.progress.failed = sum(1 for f in self._finished.values() if f.state == "failed")
 
     def _drop(self, entry: _InFlight) -> None:
         self.inflight.pop(entry.trial, None)
@@ -695,13 +784,16 @@ class SearchDriver:
 
     # ----- Pareto bookkeeping -------------------------------------------------------------
     def _load_finished(self) -> None:
-        for record in self.store.candidates(self.request.name, states=["complete", "failed"], with_proxy=False):
-            self.progress.done += 1
-            if record.state == "failed":
-                self.progress.failed += 1
+        records = self.store.candidates(self.request.name, states=["complete", "failed"], with_proxy=False)
+        for record in sorted(records, key=lambda r: r.trial_number):
+            if record.arch_hash in self._finished:  # a repeat stored by an older version
                 continue
-            self._add_point(record, self.space.objective_values(record.metrics),
-                            self.space.is_feasible(record.metrics))
+            self._finished[record.arch_hash] = _Finished(record.trial_number, record.state,
+                                                         dict(record.metrics))
+            if record.state == "complete":
+                self._add_point(record, self.space.objective_values(record.metrics),
+                                self.space.is_feasible(record.metrics))
+        self._count_progress()
         self._summarize()
 
     def _add_point(self, record, values: list[float], feasible: bool) -> None:
@@ -735,7 +827,7 @@ class SearchDriver:
         ids = list(self.points)
         values = [self.points[i][0] for i in ids]
         feasible = [self.points[i][1] for i in ids]
-        if self._reference is None and sum(feasible) >= min(3, self.request.trials):
+        if self._reference is None and sum(feasible) >= min(3, self.request.effective_trials):
             feasible_values = [v for v, ok in zip(values, feasible) if ok]
             self._reference = list(pareto.reference_point(feasible_values, self.directions))
             self.store.update_search(self.request.name, reference_point=self._reference)
@@ -836,17 +928,6 @@ def _quiet_logger(name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _proxy_from_dict(data: dict | None):
-    from nas.results import ProxyResult
-
-    if not data:
-        return None
-    fields = {f.name for f in dataclasses.fields(ProxyResult)}
-    kwargs = {k: v for k, v in data.items() if k in fields}
-    kwargs["curve"] = tuple(tuple(p) for p in kwargs.get("curve", ()))
-    return ProxyResult(**kwargs)
 
 
 def _ray_error(err: BaseException) -> str:

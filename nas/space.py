@@ -75,6 +75,7 @@ _CONSTRAINT_RE = re.compile(r"^\s*(\S+?)\s*(<=|>=|<|>|==|=)\s*(\S+)\s*$")
 _SHARING_RE = re.compile(r"^(none|all|repeat:(\d+))$")
 _MAX_RANGE_VALUES = 10_000
 FEASIBILITY_SAMPLES = 2_000
+ENUMERATION_LIMIT = 100_000  # raw combinations a space may have for its size to be counted
 # Sampler options a space may set, with a check for each value.
 _SAMPLER_OPTIONS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "tpe": {"n_startup_trials": lambda v: _is_int(v) and v >= 0,
@@ -426,6 +427,40 @@ class SearchSpace:
                               f"data.tokenizer={self.data.tokenizer!r} of space {self.name!r}",
                               source=self.source, field="vocab_size", value=arch.vocab_size)
         return params
+
+    def distinct_architectures(self, limit: int = ENUMERATION_LIMIT) -> list[Architecture] | None:
+        """Every distinct architecture of the space that meets the shape-only constraints, or
+        None when the space has more than ``limit`` raw combinations (too many to list).
+
+        A trial budget counts distinct architectures, so a small discrete space caps it: the
+        driver runs ``min(trials, len(...))``. The walk visits each choice path of `_choose`
+        once (depth first), so conditional fields are counted exactly as they are sampled.
+        """
+        bound = math.prod(len(spec.values) for spec in self.architecture.values())
+        if bound > limit:
+            return None
+        found: dict[str, Architecture] = {}
+        path: list[int] = []
+        while True:
+            sizes: list[int] = []
+
+            def pick(name: str, spec: ParamSpec | tuple) -> Any:
+                values = spec.values if isinstance(spec, ParamSpec) else spec
+                index = path[len(sizes)] if len(sizes) < len(path) else 0
+                sizes.append(len(values))
+                return values[index]
+
+            try:
+                arch = self._choose(pick)
+            except (ConfigError, ValueError):  # a combination Architecture itself refuses
+                arch = None
+            if arch is not None and not self.check_static(arch):
+                found.setdefault(arch.hash, arch)
+            path = path + [0] * (len(sizes) - len(path))
+            last = max((i for i in range(len(sizes)) if path[i] + 1 < sizes[i]), default=-1)
+            if last < 0:
+                return list(found.values())
+            path = path[:last] + [path[last] + 1]
 
     def contains(self, arch: Architecture) -> bool:
         try:
@@ -896,8 +931,19 @@ def store_constraint_values(study: optuna.Study, trial_number: int,
         storage.set_trial_system_attr(trial_id, f"constraints:{key}", value)
 
 
-def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The space's sampler, seeded with ``space.seed``.
+def trial_seed(space_seed: int, trial_number: int) -> int:
+    """The sampler seed for one ask: a function of the space's seed and the trial's position.
+
+    Seeding per ask (not once per run) is what lets a resumed or extended search continue the
+    random stream: trial n draws with the same seed whether or not the driver was restarted
+    before it, instead of replaying the first draws of the stream.
+    """
+    digest = hashlib.sha256(f"{space_seed}:{trial_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded with ``seed`` (default ``space.seed``).
 
     ``tpe``: multivariate TPE with ``group=True`` (conditional parameters are modelled per
     group of co-occurring names) and constant liar (parallel asks avoid each other).
@@ -907,19 +953,20 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     import optuna
 
     options = dict(space.sampler.options)
+    seed = space.seed if seed is None else seed
     with warnings.catch_warnings():
         # `group` is marked experimental; it is what makes conditional spaces work well.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if space.sampler.name == "tpe":
             options.setdefault("constant_liar", True)
-            return optuna.samplers.TPESampler(multivariate=True, group=True, seed=space.seed,
+            return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed,
                                               **options)
         if space.sampler.name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=space.seed, **options)
-    return optuna.samplers.RandomSampler(seed=space.seed)
+            return optuna.samplers.NSGAIISampler(seed=seed, **options)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 __all__ = [
     "Constraint", "Objective", "ParamSpec", "SamplerSpec", "SearchSpace", "list_spaces",
-    "load_space", "make_sampler", "store_constraint_values",
+    "load_space", "make_sampler", "store_constraint_values", "trial_seed",
 ]

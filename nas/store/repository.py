@@ -361,20 +361,6 @@ class Store:
         return found[0]
 
     @retrying
-    def completed_by_hash(self, search: str, arch_hash: str) -> CandidateRecord | None:
-        """The first complete candidate of this search with this architecture, if any."""
-        with self._read() as session:
-            search_id = _search_row(session, search).id
-            first = session.scalar(
-                select(Candidate.id).where(Candidate.search_id == search_id,
-                                           Candidate.arch_hash == arch_hash,
-                                           Candidate.state == "complete")
-                .order_by(Candidate.trial_number).limit(1))
-            if first is None:
-                return None
-            return _load_candidates(session, Candidate.id == first)[0]
-
-    @retrying
     def cached_latency(self, arch_hash: str, profile_hash: str) -> ProfileLatency | None:
         """The latest latency measured for this shape on this profile, in any search."""
         with self._read() as session:

@@ -179,20 +179,6 @@ class TestStore:
             store.fail_candidate("s1", 1, "late failure")
         assert store.candidate_by_trial("s1", 1).state == "complete"
 
-    def test_completed_by_hash(self, store, new_search):
-        new_search("s1")
-        new_search("s2")
-        assert store.completed_by_hash("s1", ARCH.hash) is None
-        store.start_candidate("s1", 0, ARCH)
-        assert store.completed_by_hash("s1", ARCH.hash) is None  # running is not evaluated
-        store.finish_candidate("s1", 0, result(ARCH, "failed"))
-        assert store.completed_by_hash("s1", ARCH.hash) is None
-        store.finish_candidate("s1", 1, result(ARCH))
-        store.finish_candidate("s1", 2, result(ARCH))
-        assert store.completed_by_hash("s1", ARCH.hash).trial_number == 1
-        assert store.completed_by_hash("s1", OTHER.hash) is None
-        assert store.completed_by_hash("s2", ARCH.hash) is None  # per search: weights differ
-
     def test_cached_latency_across_searches(self, store, new_search):
         new_search("s1")
         new_search("s2")
