@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from nas import pareto
+from nas.dates import format_when
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -42,6 +43,7 @@ _GROUP_STYLE = {  # dominated and infeasible points are faded so the front stand
 # Architecture fields that are choices, not quantities: drawn with their names as tick labels.
 _CATEGORICAL = ("attention", "window", "sharing", "tie_embeddings")
 _MAX_INT_TICKS = 12  # integer fields with at most this many values are labelled value by value
+_LABEL_WIDTH = 10  # characters per line of a parallel-coordinates axis label
 _THUMBNAIL_MAX_POINTS = 300  # a list page with many 10,000-candidate searches stays light
 _LAYOUT = {"margin": {"l": 60, "r": 20, "t": 30, "b": 50},
            "font": {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12},
@@ -67,9 +69,10 @@ def _fmt(value: float) -> str:
 
 
 def hover_text(record: CandidateRecord, metrics: Sequence[str], status: str = "") -> str:
-    """What hovering a candidate shows: trial, architecture and metrics (Plotly's HTML subset)."""
+    """What hovering a candidate shows: trial, architecture and metrics (Plotly's HTML subset).
+    People read trial numbers everywhere (pages, CLI, report); the id stays in ``customdata``."""
     arch = record.architecture
-    lines = [f"<b>trial {record.trial_number}</b> (candidate {record.id}){' · ' + status if status else ''}",
+    lines = [f"<b>trial {record.trial_number}</b>{' · ' + status if status else ''}",
              arch.describe(), f"params {arch.n_params:,}"]
     lines += [f"{m}: {_fmt(record.metrics[m])}" for m in metrics if m in record.metrics]
     return "<br>".join(lines)
@@ -221,7 +224,7 @@ class HypervolumeData(NamedTuple):
     n_complete: list[int]  # x: candidates finished when the snapshot was taken
     hypervolume: list[float]
     front_size: list[int]
-    times: list[str]  # ISO timestamps of the snapshots
+    times: list[str]  # when each snapshot was taken, as `nas.dates.format_when` writes it
 
 
 def hypervolume_data(snapshots: Sequence[SnapshotRecord], analysis: FrontAnalysis) -> HypervolumeData:
@@ -244,7 +247,7 @@ def hypervolume_data(snapshots: Sequence[SnapshotRecord], analysis: FrontAnalysi
         out.n_complete.append(snap.n_complete)
         out.hypervolume.append(float(hv))
         out.front_size.append(len(snap.front_ids))
-        out.times.append(snap.created_at.isoformat(timespec="seconds"))
+        out.times.append(format_when(snap.created_at))
     return out
 
 
@@ -325,10 +328,29 @@ def _category_key(label: str) -> tuple[int, float | str]:
         return (1, label)
 
 
+def axis_label(name: str, width: int = _LABEL_WIDTH) -> str:
+    """A parallel-coordinates axis title short enough not to run into its neighbours.
+
+    Axes sit side by side, so a label is broken into lines of about ``width`` characters
+    (``<br>``, which Plotly draws as lines): a latency metric becomes what and where
+    (``latency:cpu-1t:decode_ms`` -> ``decode ms`` / ``cpu-1t``), other names break at
+    underscores (``tie_embeddings`` -> ``tie`` / ``embeddings``)."""
+    parts = name.split(":")
+    if len(parts) == 3 and parts[0] == "latency":
+        return f"{parts[2].replace('_', ' ')}<br>{parts[1]}"
+    lines: list[str] = []
+    for word in name.split("_"):
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += "_" + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
+
+
 def parallel_spec(data: ParallelData) -> dict[str, Any]:
     dims = []
     for d in data.dimensions:
-        dim: dict[str, Any] = {"label": d.label, "values": d.values}
+        dim: dict[str, Any] = {"label": axis_label(d.label), "values": d.values}
         if d.tickvals is not None:
             lo, hi = min(d.tickvals), max(d.tickvals)
             pad = 0.15 * (hi - lo) if hi > lo else 0.5  # keep end labels off the frame
@@ -338,10 +360,11 @@ def parallel_spec(data: ParallelData) -> dict[str, Any]:
              "line": {"color": data.on_front, "cmin": 0, "cmax": 1,
                       "colorscale": [[0, "rgba(148,163,184,0.35)"], [1, FRONT_COLOR]]},
              # The padded range's end values would read like data: drawn transparent.
-             "labelangle": -18, "labelfont": {"size": 11}, "tickfont": {"size": 10},
+             "labelangle": 0, "labelfont": {"size": 11}, "tickfont": {"size": 10},
              "rangefont": {"color": "rgba(0,0,0,0)"}}
-    # Wide right margin: the last label (an objective like latency:cpu-1t:decode_ms) is long.
-    return _spec([trace], {"height": 400, "margin": {"l": 40, "r": 110, "t": 80, "b": 20}})
+    # Labels are centred over their axes and at most a few short lines (`axis_label`):
+    # the margins hold half a label at each end and three lines on top.
+    return _spec([trace], {"height": 400, "margin": {"l": 50, "r": 50, "t": 70, "b": 20}})
 
 
 # ----- one candidate -----------------------------------------------------------------------

@@ -83,6 +83,7 @@ def test_pareto_data_groups_every_complete_candidate_once(two):
     assert front.coords[0] == [0.10, 0.20, 0.40] and front.coords[1] == [3.0, 2.8, 2.6]
     assert front.knee == [False, True, False]
     assert "trial 1" in front.hover[1] and "knee" in front.hover[1]
+    assert "candidate" not in front.hover[1]  # one numbering for people: the trial, as the CLI
     assert "L2 d48" in front.hover[1] and "val_loss: 2.8" in front.hover[1]
 
 
@@ -164,7 +165,8 @@ def test_hypervolume_data_fills_snapshots_taken_before_the_reference(two, store)
     assert data.hypervolume[2:] == pytest.approx([0.3, 0.4, 0.5, 0.6])
     assert data.hypervolume[0] == pytest.approx((3.5 - 3.0) * (0.5 - 0.1))
     assert data.hypervolume[1] == pytest.approx(0.2 + 0.21 - 0.15)  # two boxes minus overlap
-    assert all(re.match(r"\d{4}-\d\d-\d\dT", t) for t in data.times)
+    # The one date format of pages and report (nas.dates), in the hover text too.
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", t) for t in data.times)
     plots.hypervolume_figure(data)
 
 
@@ -193,6 +195,21 @@ def test_parallel_data_maps_categoricals_and_drops_constants(two):
     k = data.ids.index(two.knee_id)
     assert dims["val_loss"].values[k] == 2.8
     plots.to_figure(plots.parallel_spec(data))
+
+
+def test_parallel_axis_labels_are_short_enough_not_to_overlap(two):
+    """Axis titles are centred over their axes, so each is a few short lines, not rotated
+    (a rotated long title ran into its neighbours; checked with a browser screenshot)."""
+    assert plots.axis_label("latency:cpu-1t:decode_ms") == "decode ms<br>cpu-1t"
+    assert plots.axis_label("latency:cpu-1t-int8:prefill_ms") == "prefill ms<br>cpu-1t-int8"
+    assert plots.axis_label("tie_embeddings") == "tie<br>embeddings"
+    assert plots.axis_label("non_embedding_params") == "non<br>embedding<br>params"
+    assert plots.axis_label("n_kv_head") == "n_kv_head" and plots.axis_label("val_loss") == "val_loss"
+    trace = plots.parallel_spec(plots.parallel_data(two))["data"][0]
+    labels = [d["label"] for d in trace["dimensions"]]
+    assert "decode ms<br>cpu-1t" in labels and "tie<br>embeddings" in labels
+    assert all(len(line) <= 11 for label in labels for line in label.split("<br>"))
+    assert trace["labelangle"] == 0
 
 
 def test_loss_curve_data():

@@ -7,16 +7,18 @@ the `ViewCache`, the `Launcher` and the template environment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nas.errors import ConfigError, NasError, NotFoundError, StoreError
-from nas.service import api, export_api, pages
+from nas.service import api, api_docs, compare_page, export_api, launch_page, pages
 from nas.service.auth import GuardMiddleware
 from nas.service.launcher import Conflict, Launcher, child_db_url, is_memory_store
 from nas.service.templating import STATIC_DIR, environment
@@ -35,17 +37,21 @@ def create_app(store, token: str | None = None, *, allowed_hosts: Sequence[str] 
     from nas import __version__
 
     app = FastAPI(title="nas", version=__version__, description=API_DESCRIPTION,
-                  docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.store = store
     app.state.views = ViewCache(store)
     app.state.launcher = launcher or (None if is_memory_store(store)
                                       else Launcher(child_db_url(store), workdir))
     app.state.templates = environment()
     app.state.token_required = token is not None
+    app.state.token = token  # the form of the "New search" page checks it itself
 
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(launch_page.router)  # /new: start a search from a form
+    app.include_router(compare_page.router)  # /compare: fronts of several searches
     app.include_router(export_api.router)
+    app.include_router(api_docs.router)  # /api/docs with Swagger UI served locally
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     app.add_middleware(GuardMiddleware, token=token, allowed_hosts=allowed_hosts)
@@ -54,19 +60,34 @@ def create_app(store, token: str | None = None, *, allowed_hosts: Sequence[str] 
 
 
 def _wants_html(request: Request) -> bool:
-    return not request.url.path.startswith("/api/") and \
-        "text/html" in request.headers.get("accept", "text/html")
+    """Errors outside ``/api`` are pages (for a browser, curl's ``*/*`` or no Accept at all),
+    unless the client asks for JSON and not HTML; ``/api/...`` always answers JSON."""
+    if request.url.path.startswith("/api/"):
+        return False
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept or "application/json" not in accept
 
 
-def _error(request: Request, status: int, message: str) -> Response:
+def _error(request: Request, status: int, message: str,
+           headers: Mapping[str, str] | None = None) -> Response:
     if _wants_html(request):
         html = request.app.state.templates.get_template("error.html").render(
-            status=status, message=message, token_required=request.app.state.token_required)
-        return HTMLResponse(html, status_code=status)
-    return JSONResponse({"detail": message}, status_code=status)
+            status=status, message=message, path=request.url.path, offline=False,
+            token_required=request.app.state.token_required)
+        return HTMLResponse(html, status_code=status, headers=headers)
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        # No route matched (``/nope``), a wrong method...: a page outside /api, FastAPI's JSON in it.
+        if not _wants_html(request) or not isinstance(err.detail, str):
+            return await http_exception_handler(request, err)
+        message = f"there is no page at {request.url.path}" if err.status_code == 404 \
+            else err.detail
+        return _error(request, err.status_code, message, headers=err.headers)
+
     @app.exception_handler(NotFoundError)
     async def not_found(request: Request, err: NotFoundError) -> Response:
         return _error(request, 404, str(err))

@@ -4,7 +4,8 @@
 token (``--token`` or ``$NAS_TOKEN``). With a token set, every POST/PUT/PATCH/DELETE must
 carry ``Authorization: Bearer <token>`` or ``X-NAS-Token: <token>``, else 401. This is a
 middleware rather than a per-route dependency so that a router added later (export, ...)
-is covered without remembering to opt in.
+is covered without remembering to opt in. The one exception is an HTML form (`FORM_PATHS`):
+a browser cannot add the header to a form post, so that route checks a ``token`` field itself.
 
 Two browser attacks are closed as well, token or not: a cross-site form POST (the
 ``Origin`` of a state-changing request must be this server) and DNS rebinding against a
@@ -27,6 +28,9 @@ from nas.errors import ConfigError
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOKEN_ENV = "NAS_TOKEN"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+# HTML forms a browser posts without an Authorization header: their routes check the token
+# themselves (a form field, or the same headers) with `token_matches`. Same-origin still applies.
+FORM_PATHS = frozenset({"/new"})
 
 
 def is_loopback(host: str) -> bool:
@@ -60,6 +64,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def token_matches(given: str, token: str) -> bool:
+    """Constant-time comparison, so response times do not leak how much of a guess was right."""
+    return secrets.compare_digest(given.encode(), token.encode())
+
+
 def presented_token(scope: Scope) -> str | None:
     auth = _header(scope, b"authorization")
     if auth and auth[:7].lower() == "bearer ":
@@ -86,9 +95,9 @@ class GuardMiddleware:
                                     f"{', '.join(sorted(self.allowed_hosts))}")
             return
         if scope["method"] not in SAFE_METHODS:
-            if self.token is not None:
+            if self.token is not None and scope["path"] not in FORM_PATHS:
                 given = presented_token(scope)
-                if given is None or not secrets.compare_digest(given.encode(), self.token.encode()):
+                if given is None or not token_matches(given, self.token):
                     await _reply(send, 401, "this request changes something and needs the "
                                             "server's token: send 'Authorization: Bearer <token>'"
                                             if given is None else "invalid token",

@@ -15,7 +15,6 @@ Everything from the request is checked before it gets near a process or a file:
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -28,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from nas.errors import ConfigError, NasError
+from nas.names import NAME_PATTERN, NAME_RE, check_name  # one name rule for the CLI and the API
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-NAME_RE = re.compile(NAME_PATTERN)
 MAX_TRIALS = 10_000
 MAX_YAML_BYTES = 64 * 1024
 _LOG_TAIL_BYTES = 4000
@@ -53,7 +51,7 @@ class Launch:
         return int(self.process.pid)
 
     def returncode(self) -> int | None:
-        """None while it runs; polling also reaps it, so finished children leave no zombie."""
+        """None while it runs (the child is reaped by `_reap_when_done` as soon as it ends)."""
         return self.process.poll()
 
     def log_tail(self) -> str:
@@ -185,13 +183,23 @@ class Launcher:
                                       start_new_session=True, shell=False)
             launch = Launch(name, argv, log_path, process)
             self._launches[name] = launch
+        _reap_when_done(launch)
         return launch
 
 
+def _reap_when_done(launch: Launch) -> None:
+    """Wait on the child in a daemon thread, so a finished search leaves no zombie
+    (``<defunct>``) behind while the server runs, whether or not anyone asks about it.
+
+    ``Popen.wait`` and ``Popen.poll`` share a lock, so pages polling `Launch.returncode`
+    meanwhile are safe; a test double without ``wait`` is left alone."""
+    wait = getattr(launch.process, "wait", None)
+    if callable(wait):
+        threading.Thread(target=wait, name=f"nas-reap-{launch.name}", daemon=True).start()
+
+
 def _check_name(key: str, value: str) -> None:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ConfigError(f"{key}={value!r} must be 1-64 letters, digits, '.', '_' or '-' "
-                          "starting with a letter or digit", field=key, value=value)
+    check_name(key, value)
 
 
 def child_db_url(store: Any) -> str:

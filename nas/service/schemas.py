@@ -76,7 +76,8 @@ class FrontOut(BaseModel):
     objectives: list[ObjectiveOut]
     reference_point: list[float] | None
     hypervolume: float
-    knee_id: int | None
+    knee_id: int | None = Field(description="the knee's candidate id (its URL); null without a front")
+    knee_trial: int | None = Field(description="the knee's trial number, as pages and the CLI show it")
     candidates: list[CandidateBrief] = Field(description="the front, by the first objective")
 
 

@@ -13,6 +13,8 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
+from nas.dates import format_when
+
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
@@ -61,10 +63,6 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _when(value: datetime | None) -> str:
-    return "–" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
@@ -85,6 +83,6 @@ def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)),
                       autoescape=select_autoescape(["html", "svg"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(script_json=script_json, fmt=_fmt, when=_when, duration=_duration)
+    env.filters.update(script_json=script_json, fmt=_fmt, when=format_when, duration=_duration)
     env.globals.update(static_text=static_text)
     return env

@@ -84,7 +84,7 @@ class SearchView:
         axes = list(axes) if axes else list(plots.default_axes(analysis.metrics))
         out: dict[str, Any] = {"version": self.version, "axes": axes, "objectives": analysis.metrics,
                                "front_size": len(analysis.front), "knee_id": analysis.knee_id,
-                               "warnings": list(analysis.warnings)}
+                               "knee_trial": knee_trial(analysis), "warnings": list(analysis.warnings)}
         if "pareto" in parts and len(analysis.metrics) >= 2:
             out["pareto"] = self.pareto_figure(axes)
         if "pareto3d" in parts and len(analysis.metrics) >= 3:
@@ -111,6 +111,11 @@ class SearchView:
         feasible = {r.id: bool(f) for r, f in zip(a.complete, a.feasible.tolist())}
         return [candidate_brief(r, on_front=r.id in front, knee=r.id == knee,
                                 feasible=feasible.get(r.id)) for r in a.candidates]
+
+
+def knee_trial(analysis: FrontAnalysis) -> int | None:
+    """The knee's trial number: what people read (ids stay in URLs and ``knee_id``)."""
+    return next((r.trial_number for r in analysis.front if r.id == analysis.knee_id), None)
 
 
 def candidate_brief(record: CandidateRecord, *, on_front: bool, knee: bool,

@@ -49,6 +49,7 @@ def test_read_search(client, shared_store):
     knee = shared_store.candidate_by_trial("demo", 1)
     figures = client.get("/api/searches/demo/figures", params={"part": "hypervolume"}).json()
     assert figures["knee_id"] == knee.id and figures["warnings"] == [] and figures["front_size"] == 3
+    assert figures["knee_trial"] == 1  # what people read: the trial number, as the CLI
     assert s["hypervolume"] == pytest.approx(0.6)  # the latest snapshot's
     assert s["updated_at"].endswith("Z") or "+00:00" in s["updated_at"]
 
@@ -60,6 +61,7 @@ def test_read_front(client, shared_store):
     assert [c["trial_number"] for c in front["candidates"]] == [2, 1, 0]
     assert all(c["on_front"] and c["feasible"] for c in front["candidates"])
     assert front["knee_id"] == shared_store.candidate_by_trial("demo", 1).id
+    assert front["knee_trial"] == 1
     assert front["hypervolume"] == pytest.approx(0.28)
 
 
@@ -99,8 +101,8 @@ def test_figures(client):
     assert sum(len(t["customdata"]) for t in markers) == 6
 
     r = client.get("/api/searches/demo/figures", params={"x": "val_loss", "y": LATENCY, "part": "pareto"})
-    assert set(r.json()) == {"version", "axes", "objectives", "front_size", "knee_id", "warnings",
-                             "pareto"}
+    assert set(r.json()) == {"version", "axes", "objectives", "front_size", "knee_id", "knee_trial",
+                             "warnings", "pareto"}
     assert r.json()["pareto"]["layout"]["xaxis"]["title"]["text"].startswith("val_loss")
     assert "pareto3d" in client.get("/api/searches/cube/figures").json()
 
@@ -266,6 +268,15 @@ def test_stop(writer, store):
     assert r.status_code == 409 and "finished" in r.json()["detail"]
     r = writer.post("/api/searches/nope/stop")
     assert r.status_code == 404 and "nope" in r.json()["detail"]
+
+
+def test_stopping_a_search_whose_driver_was_lost_records_the_stop(writer, store, monkeypatch):
+    monkeypatch.setattr("nas.store.records.STALE_AFTER_SECONDS", -1.0)  # every heartbeat is stale
+    assert store.get_search("live").status == "driver lost"
+    r = writer.post("/api/searches/live/stop")
+    assert r.status_code == 202 and r.json() == {"name": "live", "status": "stopped"}
+    monkeypatch.undo()
+    assert store.get_search("live").status == "stopped"
 
 
 # ----- token, origin, host -----------------------------------------------------------------

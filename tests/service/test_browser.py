@@ -159,7 +159,8 @@ def test_browse_a_real_search(server, browser, tmp_path):
                    "the click to open a candidate")
         assert browser.current_url.endswith(f"/candidates/{target['id']}")
         heading = browser.find_element("tag name", "h1").text
-        assert f"candidate {target['id']}" in heading
+        trial = httpx.get(f"{server}/api/candidates/{target['id']}", timeout=10).json()["trial_number"]
+        assert heading.startswith(f"Trial {trial}")  # one numbering: trials, as the CLI
         assert browser.find_element("id", "export").get_attribute("href").endswith(
             f"/api/candidates/{target['id']}/export")
         wait_until(lambda: browser.execute_script(
@@ -187,8 +188,14 @@ def test_offline_report_in_the_browser(browser, tmp_path):
     with Store(f"sqlite:///{tmp_path / 'nas.db'}") as store:
         make_search(store, "cube", three_objectives=True)
         report = write_report(store, "cube", tmp_path / "report.html")
+        started = store.get_search("cube").started_at
     browser.get(report.as_uri())
     wait_until(lambda: browser.execute_script(POINTS_JS) == 6, 30, "6 markers in the report")
+    # The script writes dates as the templates do (nas.dates): one format in every view.
+    from nas.dates import format_when
+
+    assert browser.find_element("id", "st-started").text == format_when(started)
+    assert browser.find_element("id", "st-knee").text == "knee: trial 1"
     fetched = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)")
     assert fetched == [], f"the report fetched {fetched}"
@@ -222,3 +229,124 @@ def click_first_front_marker(browser) -> dict:
         plot, round(target["x"] - target["w"] / 2), round(target["y"] - target["h"] / 2)
     ).pause(0.5).click().perform()
     return target
+
+
+@pytest.fixture
+def offline_browser(tmp_path):
+    """Chromium that cannot resolve any host but 127.0.0.1: a CDN asset would not load."""
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip("needs Debian's chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--window-size=1400,1100",
+                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+                 f"--user-data-dir={tmp_path / 'chromium-offline'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def test_api_docs_offline(server, offline_browser, tmp_path):
+    """/api/docs renders Swagger UI's operations list with the network cut off: every asset
+    comes from the server itself (the installed bundle), none from a CDN."""
+    offline_browser.get(server + "/api/docs")
+    wait_until(lambda: len(offline_browser.find_elements("css selector", ".opblock")) >= 8, 30,
+               "Swagger UI's operations list")
+    paths = {e.text for e in offline_browser.find_elements("css selector", ".opblock-summary-path")}
+    assert {"/api/searches", "/api/searches/{name}/front"} <= paths
+    fetched = offline_browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)")
+    assert fetched and all(url.startswith(server + "/") for url in fetched), fetched
+    offline_browser.save_screenshot(str(tmp_path / "api-docs.png"))
+
+
+def launch_from_the_form(browser, server: str, name: str, space_yaml: str) -> None:
+    """Fill the "New search" page as a person would (own YAML, 1 trial) and submit it."""
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(server + "/new")
+    browser.find_element("id", "name").clear()
+    browser.find_element("id", "name").send_keys(name)
+    Select(browser.find_element("id", "space")).select_by_value("")  # my own YAML
+    browser.execute_script("arguments[0].value = arguments[1]",
+                           browser.find_element("id", "space_yaml"), space_yaml)
+    browser.find_element("id", "trials").send_keys("1")
+    browser.find_element("id", "start").click()
+
+
+def wait_for_search_page(browser, server: str, name: str) -> None:
+    """The redirect lands on the search's live page ("starting", then the search itself)."""
+    wait_until(lambda: browser.current_url == f"{server}/searches/{name}", 30,
+               f"the redirect to /searches/{name}")
+
+    def search_page() -> bool:
+        if "exited (" in browser.find_element("tag name", "h1").text:
+            raise AssertionError("the search process failed:\n" +
+                                 browser.find_element("css selector", "pre.log").text)
+        return browser.execute_script("return !!document.getElementById('pareto')")
+
+    wait_until(search_page, 180, f"the page of {name} (the driver creating the search)", interval=1)
+
+
+def wait_finished(server: str, name: str) -> dict:
+    def finished():
+        s = httpx.get(f"{server}/api/searches/{name}", timeout=10).json()
+        return s if s["status"] not in ("running", "stopping") else None
+
+    search = wait_until(finished, SEARCH_TIMEOUT_S, f"{name} to finish", interval=2)
+    assert search["status"] == "finished" and search["n_complete"] == 1, search
+    return search
+
+
+def test_launch_from_the_new_search_page_and_compare(server, browser, tmp_path):
+    """Two searches started from the "New search" form (the first after an inline error),
+    each landing on its live page; then the compare page overlays their two fronts."""
+    space = small_space()
+    try:
+        # A typo in the YAML: the form comes back with the error beside the box, naming the key.
+        launch_from_the_form(browser, server, "form-a", space.replace("n_layer:", "n_layers:", 1))
+        error = wait_until(lambda: browser.find_elements("id", "error-space_yaml"), 30,
+                           "the inline YAML error")[0]
+        assert "unknown key 'architecture.n_layers'" in error.text
+        assert browser.find_element("id", "error-key").text == "architecture.n_layers"
+        assert browser.current_url == f"{server}/new"
+        browser.save_screenshot(str(tmp_path / "new-search-error.png"))
+
+        launch_from_the_form(browser, server, "form-a", space)
+        wait_for_search_page(browser, server, "form-a")
+        wait_finished(server, "form-a")
+        wait_until(lambda: browser.execute_script(POINTS_JS) == 1, 30, "form-a's marker")
+
+        other = yaml.safe_load(space)
+        other["seed"] = 1  # another first architecture, so the fronts differ
+        launch_from_the_form(browser, server, "form-b", yaml.safe_dump(other, sort_keys=False))
+        wait_for_search_page(browser, server, "form-b")
+        wait_finished(server, "form-b")
+
+        # Tick both on the list page and compare them: one plot, two fronts.
+        browser.get(server + "/")
+        for name in ("form-a", "form-b"):
+            browser.find_element("css selector", f"input[name=names][value={name}]").click()
+        browser.find_element("id", "compare-selected").click()
+        wait_until(lambda: "/compare?" in browser.current_url, 20, "the compare page")
+        fronts = wait_until(lambda: browser.execute_script(
+            "const gd = document.getElementById('compare');"
+            "return gd && gd.data ? gd.data.filter(t => t.mode === 'markers').map(t => t.meta) : null"),
+            30, "the compare plot")
+        assert fronts == ["form-a", "form-b"]
+        assert len(browser.find_elements("css selector", "#compare .scatterlayer .points path.point")) == 2
+        assert browser.find_elements("css selector", ".cannot-compare") == []
+        browser.save_screenshot(str(tmp_path / "compare.png"))
+        print(f"screenshots: {tmp_path / 'new-search-error.png'} {tmp_path / 'compare.png'}")
+    finally:
+        # The searches run in their own sessions: end them (and their workers) if the test failed.
+        for name in ("form-a", "form-b"):
+            s = httpx.get(f"{server}/api/searches/{name}", timeout=10)
+            if s.status_code == 200 and s.json()["status"] in ("running", "stopping"):
+                httpx.post(f"{server}/api/searches/{name}/stop", timeout=10)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+from html import unescape
 
 import pytest
+from harness import assert_documented
 from typer.testing import CliRunner
 
 from nas.errors import ConfigError, NotFoundError
@@ -154,3 +156,106 @@ def test_report_and_serve_commands(shared_store, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["serve", "--db", db, "--host", "0.0.0.0"])
     assert result.exit_code == 0 and served["host"] == "0.0.0.0"
     assert "token required" in result.output
+
+
+# ----- issue 12: offline API docs, HTML 404s, one numbering, one date format ----------------
+def test_api_docs_are_served_from_the_package(client):
+    """Swagger UI comes from the installed bundle, as plotly.js does: the page works offline."""
+    from nas.service.api_docs import swagger_ui_dir
+
+    html = client.get("/api/docs").text
+    assert "SwaggerUIBundle" in html and "'/api/openapi.json'" in html
+    assert "https://" not in html and "http://" not in html  # no CDN, no favicon from elsewhere
+    assert '"validatorUrl": null' in html  # no badge fetched from validator.swagger.io
+    for asset, kind in (("swagger-ui-bundle.js", "javascript"), ("swagger-ui.css", "text/css"),
+                        ("favicon-32x32.png", "image/png")):
+        assert f'"/vendor/swagger-ui/{asset}"' in html
+        r = client.get(f"/vendor/swagger-ui/{asset}")
+        assert r.status_code == 200 and kind in r.headers["content-type"]
+        assert r.content == (swagger_ui_dir() / asset).read_bytes()
+    # Swagger UI 5: the first major version that renders the OpenAPI 3.1 FastAPI writes.
+    assert "/swagger-ui-5." in str(swagger_ui_dir())
+    assert client.get("/api/openapi.json").json()["openapi"].startswith("3.1")
+    assert client.get("/vendor/swagger-ui/index.html").status_code == 404  # only what the page loads
+    assert client.get("/api/redoc").status_code == 404  # one docs page
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "text/html,application/xhtml+xml"])
+@pytest.mark.parametrize("path, message", [
+    ("/searches/nope", "no search named &#39;nope&#39;"), ("/candidates/999999", "no candidate with id 999999"),
+    ("/no/such/page", "there is no page at /no/such/page")])
+def test_html_routes_answer_404_with_a_page(client, path, message, accept):
+    """A browser, curl (``*/*``) or no Accept at all: a page in the site's look, a link home."""
+    r = client.get(path, headers={"Accept": accept} if accept else {"Accept": ""})
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html"), r.text
+    html = r.text
+    assert message in html and "<h1>Not found" in html
+    assert 'class="topbar"' in html and 'href="/static/style.css"' in html  # the site's look
+    assert 'class="btn primary" href="/"' in html
+
+
+def test_api_404s_stay_json(client):
+    for path in ("/api/searches/nope", "/api/candidates/999999", "/api/nope"):
+        for accept in ("text/html", "*/*"):
+            r = client.get(path, headers={"Accept": accept})
+            assert r.status_code == 404 and r.headers["content-type"] == "application/json", path
+            assert isinstance(r.json()["detail"], str)
+    # A client that asks for JSON only gets JSON from a page route too.
+    r = client.get("/searches/nope", headers={"Accept": "application/json"})
+    assert r.status_code == 404 and r.json() == {"detail": "no search named 'nope' (existing: demo, live, cube)"}
+
+
+def test_candidate_page_says_trial_not_candidate_id(client, shared_store):
+    record = shared_store.candidate_by_trial("demo", 4)
+    assert record.id != 4  # the fixture's ids and trial numbers differ, or this proves nothing
+    html = client.get(f"/candidates/{record.id}", headers=HTML).text
+    assert "<title>Trial 4 · demo · nas</title>" in html
+    assert re.search(r"<h1>Trial 4\b", html) and f"candidate {record.id}" not in html
+
+
+def test_search_page_script_shows_the_knee_as_a_trial():
+    from nas.service.templating import static_text
+
+    js = static_text("search.js")
+    assert '"knee: trial " + figs.knee_trial' in js and "knee: candidate" not in js
+
+
+def test_one_date_format_in_pages_and_report(client, shared_store, tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from nas.dates import format_when
+    from nas.service.templating import environment, static_text
+
+    aware = datetime(2026, 12, 1, 22, 46, 59, tzinfo=timezone(timedelta(hours=1)))
+    assert format_when(aware) == "2026-12-01 21:46 UTC" and format_when(None) == "–"
+    assert environment().filters["when"] is format_when
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC")
+    record = shared_store.candidate_by_trial("demo", 1)
+    page = client.get(f"/candidates/{record.id}", headers=HTML).text
+    assert f"started {format_when(record.started_at)}" in page
+    rows = client.get("/", headers=HTML).text
+    assert format_when(shared_store.get_search("demo").created_at) in rows
+    assert not re.search(r"\d\d:\d\d:\d\d UTC", page + rows)  # no second format with seconds
+    report = write_report(shared_store, "demo", tmp_path / "r.html").read_text()
+    assert re.search(r"written " + stamp.pattern, report)
+    # The script formats the API's ISO timestamps the same way (checked in a browser in
+    # test_browser.py); the hypervolume hover text comes from nas.plots with format_when.
+    assert '" UTC"' in static_text("search.js") and "toLocaleString()" not in static_text("search.js")
+    hover = embedded_config(report)["data"]["figures"]["hypervolume"]["data"][0]["customdata"]
+    assert all(stamp.fullmatch(when) for _, when in hover)
+
+
+DOCUMENTED_PAGES = {"page-unknown-search": "/searches/nope",
+                    "page-unknown-candidate": "/candidates/999999",
+                    "page-unknown-path": "/no/such/page",
+                    "docs-unknown-asset": "/vendor/swagger-ui/index.html"}
+
+
+@pytest.mark.parametrize("row_id", sorted(DOCUMENTED_PAGES))
+def test_documented(row_id, client):
+    """docs/bad-input.md's rows for pages: the message the 404 page shows, as curl gets it."""
+    r = client.get(DOCUMENTED_PAGES[row_id], headers={"Accept": "*/*"})
+    assert r.headers["content-type"].startswith("text/html")
+    shown = re.search(r'<p class="error-message">(.*?)</p>', r.text, re.DOTALL)
+    assert shown, r.text
+    assert_documented(row_id, r.status_code, unescape(shown.group(1)))

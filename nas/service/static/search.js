@@ -28,7 +28,15 @@
     }
     return String(v);
   }
-  function when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; }
+  // One date format everywhere (nas.dates.format_when): "2026-12-01 21:46 UTC".
+  function pad2(n) { return (n < 10 ? "0" : "") + n; }
+  function when(iso) {
+    if (!iso) return "–";
+    var d = new Date(iso);
+    if (isNaN(d.getTime())) return String(iso);
+    return d.getUTCFullYear() + "-" + pad2(d.getUTCMonth() + 1) + "-" + pad2(d.getUTCDate()) + " " +
+      pad2(d.getUTCHours()) + ":" + pad2(d.getUTCMinutes()) + " UTC";
+  }
   function duration(a, b) {
     var s = Math.max(0, Math.round((Date.parse(b) - Date.parse(a)) / 1000));
     var h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
@@ -82,7 +90,8 @@
       var f = NAS.data.figures;
       return Promise.resolve({version: f.version, pareto: f.pareto[state.axes.join("|")], pareto3d: f.pareto3d,
                               hypervolume: f.hypervolume, parallel: f.parallel,
-                              front_size: f.front_size, knee_id: f.knee_id, warnings: f.warnings});
+                              front_size: f.front_size, knee_id: f.knee_id, knee_trial: f.knee_trial,
+                              warnings: f.warnings});
     }
     var q = new URLSearchParams({x: state.axes[0], y: state.axes[1]});
     parts.forEach(function (p) { q.append("part", p); });
@@ -124,7 +133,9 @@
     if (!point || point.customdata === undefined || point.customdata === null) return;
     var id = Array.isArray(point.customdata) ? point.customdata[0] : point.customdata;
     if (NAS.offline) {
-      $("filter").value = "#" + id;
+      var row = state.rows.filter(function (r) { return r.id === id; })[0];
+      if (!row) return;
+      $("filter").value = "#" + row.trial_number;
       state.page = 0;
       renderTable();
       $("candidates").scrollIntoView({behavior: "smooth", block: "start"});
@@ -134,8 +145,8 @@
   }
   function renderFront(figs) {  // the front as analysed with the figures (not the snapshot)
     $("st-front").textContent = figs.front_size;
-    $("st-knee").textContent = figs.knee_id !== null && figs.knee_id !== undefined
-      ? "knee: candidate " + figs.knee_id : "";
+    $("st-knee").textContent = figs.knee_trial !== null && figs.knee_trial !== undefined
+      ? "knee: trial " + figs.knee_trial : "";
     $("warnings").innerHTML = (figs.warnings || []).map(function (w) {
       return '<div class="banner warn">' + esc(w) + "</div>"; }).join("");
   }
@@ -161,7 +172,7 @@
   var objectives = state.search.objectives.map(function (o) { return o.metric; });
   var columns = [
     {key: "trial_number", label: "trial", num: true, html: function (r) {
-      return NAS.offline ? "#" + r.id + " · " + r.trial_number
+      return NAS.offline ? String(r.trial_number)
         : '<a href="' + esc(r.url) + '">' + r.trial_number + "</a>"; }},
     {key: "state", label: "state", html: function (r) {
       return '<span class="badge state-' + esc(r.state) + '">' + esc(r.state) + "</span>"; }},
@@ -195,7 +206,7 @@
     if (wanted && row.state !== wanted) return false;
     if (frontOnly && !row.on_front) return false;
     if (!text) return true;
-    if (text.charAt(0) === "#") return String(row.id) === text.slice(1);
+    if (text.charAt(0) === "#") return String(row.trial_number) === text.slice(1);  // "#3": trial 3
     return (row.description + " " + row.state + " " + row.error + " trial " + row.trial_number +
             " " + row.arch_hash).toLowerCase().indexOf(text) >= 0;
   }
