@@ -42,7 +42,9 @@ class Architecture:
     n_layer: int = 2
     d_model: int = 64
     n_head: int = 4
-    n_kv_head: int = 4
+    # None (left out) means n_head: plain multi-head attention. This is the one default
+    # for `nas evaluate`, search spaces and the API alike; it is resolved in __post_init__.
+    n_kv_head: int | None = None
     ffn_mult: float = 4.0
     attention: str = "softmax"
     window: int | None = None
@@ -52,6 +54,8 @@ class Architecture:
     max_seq_len: int = 256
 
     def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            object.__setattr__(self, "n_kv_head", self.n_head)
         if isinstance(self.ffn_mult, int) and not isinstance(self.ffn_mult, bool):
             # 2 and 2.0 are the same architecture: one canonical form keeps the hash stable.
             object.__setattr__(self, "ffn_mult", float(self.ffn_mult))
@@ -246,6 +250,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _validate(arch: Architecture) -> None:
+    """Each field's own value first, then the relations between fields: the first error
+    reported is then the real one (``attention='bogus'`` is not blamed on ``n_kv_head``)."""
     for name in _INT_FIELDS:
         value = getattr(arch, name)
         if not _is_int(value):
@@ -254,6 +260,17 @@ def _validate(arch: Architecture) -> None:
             _fail(name, value, "must be >= 1")
     if arch.vocab_size < 2:
         _fail("vocab_size", arch.vocab_size, "must be >= 2")
+    if (not isinstance(arch.ffn_mult, float) or not math.isfinite(arch.ffn_mult)
+            or arch.ffn_mult <= 0):
+        _fail("ffn_mult", arch.ffn_mult, "must be a positive number")
+    if not isinstance(arch.attention, str) or arch.attention not in ATTENTION_KINDS:
+        _fail("attention", arch.attention, f"must be one of {', '.join(ATTENTION_KINDS)}")
+    if arch.window is not None and (not _is_int(arch.window) or arch.window < 1):
+        _fail("window", arch.window, "must be a positive integer")
+    sharing_k = _sharing_k(arch.sharing)
+    if not isinstance(arch.tie_embeddings, bool):
+        _fail("tie_embeddings", arch.tie_embeddings, "must be true or false")
+    # Relations between fields.
     if arch.d_model % arch.n_head:
         _fail("n_head", arch.n_head, f"must divide d_model={arch.d_model}")
     if arch.head_dim % 2:
@@ -261,39 +278,28 @@ def _validate(arch: Architecture) -> None:
               f"gives head_dim=d_model/n_head={arch.head_dim}, which must be even for rotary positions")
     if arch.n_kv_head > arch.n_head or arch.n_head % arch.n_kv_head:
         _fail("n_kv_head", arch.n_kv_head, f"must divide n_head={arch.n_head}")
-    if not isinstance(arch.ffn_mult, float) or not math.isfinite(arch.ffn_mult) or arch.ffn_mult <= 0:
-        _fail("ffn_mult", arch.ffn_mult, "must be a positive number")
-    _validate_attention(arch)
-    _validate_sharing(arch)
-    if not isinstance(arch.tie_embeddings, bool):
-        _fail("tie_embeddings", arch.tie_embeddings, "must be true or false")
-
-
-def _validate_attention(arch: Architecture) -> None:
-    if arch.attention not in ATTENTION_KINDS:
-        _fail("attention", arch.attention, f"must be one of {', '.join(ATTENTION_KINDS)}")
-    if arch.attention == "sliding_window":
-        if not _is_int(arch.window) or arch.window < 1:
-            _fail("window", arch.window, "must be a positive integer when attention='sliding_window'")
-    elif arch.window is not None:
+    if arch.attention == "sliding_window" and arch.window is None:
+        _fail("window", arch.window, "must be a positive integer when attention='sliding_window'")
+    if arch.attention != "sliding_window" and arch.window is not None:
         _fail("window", arch.window,
               f"is only allowed with attention='sliding_window' (attention={arch.attention!r})")
+    if sharing_k and arch.n_layer % sharing_k:
+        _fail("sharing", arch.sharing, f"needs k={sharing_k} to divide n_layer={arch.n_layer}")
 
 
-def _validate_sharing(arch: Architecture) -> None:
-    sharing = arch.sharing
+def _sharing_k(sharing: Any) -> int | None:
+    """k of ``'repeat:k'`` (None for 'none' and 'all'); any other value is an error."""
     if not isinstance(sharing, str):
         _fail("sharing", sharing, "must be 'none', 'all' or 'repeat:k'")
     if sharing in ("none", "all"):
-        return
+        return None
     prefix, _, k_text = sharing.partition(":")
     if prefix != "repeat" or not k_text.isdigit():
         _fail("sharing", sharing, "must be 'none', 'all' or 'repeat:k' with an integer k >= 2")
     k = int(k_text)
     if k < 2:
         _fail("sharing", sharing, "needs k >= 2 ('repeat:1' is 'none')")
-    if arch.n_layer % k:
-        _fail("sharing", sharing, f"needs k={k} to divide n_layer={arch.n_layer}")
+    return k
 
 
 def static_metrics(arch: Architecture) -> dict[str, float]:

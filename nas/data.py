@@ -14,8 +14,12 @@ Corpora (``DataSpec.corpus``)
 * Anything else is a path or a glob pattern (``**`` allowed). Entries are expanded,
   de-duplicated by resolved path and sorted. A directory is an error (use a glob).
 
-Every document is decoded as UTF-8 with ``errors="replace"``; a file that decodes to
-nothing, or mostly to replacement characters (binary), is a `DataError` naming it.
+Every document is decoded as UTF-8 with ``errors="replace"``. A file that is not text is a
+`DataError` naming it and the reason, so a binary never trains silently: any NUL byte
+(executables, archives, UTF-16), more than ``MAX_UNDECODABLE_SHARE`` (1%) of its characters
+undecodable, or more than ``MAX_CONTROL_SHARE`` (1%) control characters other than tab,
+newline, carriage return and form feed. A few stray bad bytes in real text pass. A file that
+decodes to nothing is an error too.
 
 Split (by document, so no file is in both halves)
 -------------------------------------------------
@@ -28,8 +32,13 @@ start, is validation. Documents are joined with ``"\\n"``.
 
 Tokenizers
 ----------
-``byte`` (256 ids = the UTF-8 bytes) or ``bpe:N``: byte-level BPE from the ``tokenizers``
-library trained on the *training* split only, so any text round-trips exactly. A trained
+``byte`` (256 ids = the UTF-8 bytes, no special tokens) or ``bpe:N``: byte-level BPE from the
+``tokenizers`` library trained on the *training* split only, so any text round-trips exactly.
+The BPE has one special token, ``<|endoftext|>`` (``EOS_TOKEN``, id 0), appended after every
+document, so a trained model learns where text ends and ``generate`` can stop there; like
+GPT-2's, it is also the BOS and padding token. (A literal ``<|endoftext|>`` in a corpus
+becomes that token.) Bytes have no spare id, so byte-level models stop by length or a stop
+string instead. A trained
 BPE is cached as ``<cache>/tokenizers/<key>.json``; tokenized corpora as
 ``<cache>/data/<key>.npz``. Keys hash the spec, the rule version and the corpus identity
 (Python version for stdlib; resolved paths, sizes and mtimes for user files). Files are
@@ -45,6 +54,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sysconfig
 import tempfile
 from collections.abc import Callable, Sequence
@@ -66,15 +76,26 @@ _STDLIB_SKIP_DIRS = frozenset({
     "encodings", "turtledemo", "pydoc_data", "__pycache__", "__phello__",
 })
 # Bump when the selection, split or tokenization rules change: old caches become stale.
-_RULES_VERSION = 1
-_MAX_REPLACEMENT_SHARE = 0.5  # more U+FFFD than this and a file is binary, not text
+_RULES_VERSION = 2  # 2: binary files are refused (no cached binary served); BPE adds end-of-text
+# What makes a file "not text" (shares of its decoded characters); see the module docstring.
+MAX_UNDECODABLE_SHARE = 0.01
+MAX_CONTROL_SHARE = 0.01
+_MOSTLY = 0.5  # beyond this share of undecodable characters, the message just says "mostly"
+# C0 and C1 control characters except \t \n \f \r (NUL is refused on its own, first).
+_CONTROL_CHARS = re.compile("[\x01-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 _DOC_SEPARATOR = "\n"
+EOS_TOKEN = "<|endoftext|>"  # the BPE's end-of-text (and BOS/pad) token: see the docstring
 
 
 # ----- tokenizers ----------------------------------------------------------------------------
 class Tokenizer(Protocol):
     name: str
     vocab_size: int
+
+    @property
+    def special_tokens(self) -> dict[str, tuple[str, int]]:
+        """Role (``bos_token``, ``eos_token``, ``pad_token``) -> (text, id); empty if none."""
+        ...
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -102,6 +123,10 @@ class ByteTokenizer:
 
     name = "byte"
     vocab_size = 256
+
+    @property
+    def special_tokens(self) -> dict[str, tuple[str, int]]:
+        return {}  # all 256 ids are bytes: there is no id left for an end-of-text token
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -141,7 +166,7 @@ class BPETokenizer:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=2, show_progress=False, special_tokens=[],
+            vocab_size=vocab_size, min_frequency=2, show_progress=False, special_tokens=[EOS_TOKEN],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
         return cls(tok, vocab_size)
@@ -151,6 +176,18 @@ class BPETokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         return cls(HFTokenizer.from_file(str(path)), vocab_size)
+
+    @property
+    def eos_id(self) -> int | None:
+        """The end-of-text id (None for a tokenizer file written before it existed)."""
+        return self._tok.token_to_id(EOS_TOKEN)
+
+    @property
+    def special_tokens(self) -> dict[str, tuple[str, int]]:
+        eos = self.eos_id
+        if eos is None:
+            return {}
+        return {role: (EOS_TOKEN, eos) for role in ("bos_token", "eos_token", "pad_token")}
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text).ids
@@ -257,9 +294,33 @@ def _read_text(path: Path) -> str:
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
     text = raw.decode("utf-8", errors="replace")
-    if text and text.count("\ufffd") > _MAX_REPLACEMENT_SHARE * len(text):
-        raise DataError(f"{path}: is not UTF-8 text (mostly undecodable bytes)")
+    check_is_text(raw, text, str(path))
     return text
+
+
+def check_is_text(raw: bytes, text: str, name: str) -> None:
+    """Raise `DataError` naming ``name`` when ``raw`` (decoded: ``text``) is not text.
+
+    Training on a binary "works" and yields a meaningless model, so it is refused here,
+    where every corpus (``--data``, a space's ``corpus:``, ``nas evaluate``) is read.
+    """
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise DataError(f"{name}: is binary, not text (contains NUL bytes, the first at byte {nul:,})")
+    if not text:
+        return
+    # U+FFFD that was in the file as such (EF BF BD) is text, not a decoding failure.
+    undecodable = text.count("\ufffd") - raw.count("\ufffd".encode())
+    if undecodable > _MOSTLY * len(text):
+        raise DataError(f"{name}: is not UTF-8 text (mostly undecodable bytes)")
+    if undecodable > MAX_UNDECODABLE_SHARE * len(text):
+        raise DataError(f"{name}: is not UTF-8 text ({100 * undecodable / len(text):.1f}% of its "
+                        f"characters are undecodable bytes; at most {100 * MAX_UNDECODABLE_SHARE:g}%)")
+    controls = sum(1 for _ in _CONTROL_CHARS.finditer(text))
+    if controls > MAX_CONTROL_SHARE * len(text):
+        raise DataError(f"{name}: is binary, not text ({100 * controls / len(text):.1f}% of its "
+                        f"characters are control characters; at most {100 * MAX_CONTROL_SHARE:g}% "
+                        "besides tab, newline, carriage return and form feed)")
 
 
 def _read_documents(corpus: _Corpus) -> list[_Document]:
@@ -376,7 +437,9 @@ def _tokenize(tok: Tokenizer, texts: Sequence[str], dtype: type) -> np.ndarray:
     joined = [t + _DOC_SEPARATOR for t in texts]
     parts: list[np.ndarray]
     if isinstance(tok, BPETokenizer):
-        parts = [np.asarray(ids, dtype=dtype) for ids in tok.encode_batch(joined)]
+        # Each document ends with its newline and then end-of-text: where text stops is learnt.
+        end = [] if tok.eos_id is None else [tok.eos_id]
+        parts = [np.asarray(ids + end, dtype=dtype) for ids in tok.encode_batch(joined)]
     else:
         parts = [np.frombuffer(t.encode("utf-8"), dtype=np.uint8) for t in joined]
     return np.concatenate(parts).astype(dtype, copy=False)

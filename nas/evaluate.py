@@ -68,13 +68,22 @@ def describe_exception(err: BaseException) -> str:
 def train_and_export(arch: Architecture, budget: ProxyBudget, data, *, seed: int = 0,
                      threads: int | None = None, cores: Sequence[int] | None = None,
                      progress: Callable[[int, int, float], None] | None = None) -> TrainOutput:
-    """Proxy-train ``arch`` and export both ONNX graphs (parity-checked). Never raises."""
-    from nas.affinity import pin
+    """Proxy-train ``arch`` and export both ONNX graphs (parity-checked). Never raises.
 
+    ``cores``: pin every thread there for this call only. The previous affinity is restored
+    on return, so a Ray worker reused for a timing task does not time on training cores.
+    """
+    from nas.affinity import pinned
+
+    with pinned(cores):
+        return _train_and_export(arch, budget, data, seed=seed, threads=threads, progress=progress)
+
+
+def _train_and_export(arch: Architecture, budget: ProxyBudget, data, *, seed: int,
+                      threads: int | None,
+                      progress: Callable[[int, int, float], None] | None) -> TrainOutput:
     started = time.perf_counter()
     node = socket.gethostname()
-    if cores:
-        pin(cores)
     try:
         from nas.onnx_export import export_onnx
         from nas.proxy import train, weights_to_bytes

@@ -9,7 +9,8 @@
                           (I/O names in `nas.onnx_io`), checked by onnx.checker and ONNX Runtime
     model.safetensors     fp32 weights in Hugging Face Llama naming (below)
     tokenizer.json        the search's tokenizer, with tokenizer_config.json for AutoTokenizer
-    config.json           Hugging Face config, only where the architecture maps onto one
+    config.json           Hugging Face config, only where the architecture maps onto one, and
+                          generation_config.json where the tokenizer has BOS/EOS/pad tokens
     README.md             the model card: the numbers above and how to load each file
 
 One weights file for every reader. ``model.safetensors`` holds one tensor per *layer
@@ -61,6 +62,18 @@ from torch import Tensor
 from nas.architecture import Architecture
 from nas.errors import ConfigError, ExportError, NotFoundError
 from nas.model import RMS_NORM_EPS, ROPE_THETA, NasLM, build_model
+from nas.model_card import (
+    ARCHITECTURE_FILE,
+    CARD_FILE,
+    CONFIG_FILE,
+    GENERATION_CONFIG_FILE,
+    METRICS_FILE,
+    TOKENIZER_CONFIG_FILE,
+    WEIGHTS_FILE,
+    _num,
+    generation_settings,
+    render_card,
+)
 from nas.specs import DataSpec, ProxyBudget
 
 if TYPE_CHECKING:
@@ -68,18 +81,13 @@ if TYPE_CHECKING:
     from nas.store import CandidateRecord, SearchRecord, Store
 
 __all__ = ["HF_ATOL", "LOAD_ATOL", "NotExportableError", "Pick", "export_candidate",
-           "from_hf_state_dict", "hf_config", "hf_unsupported_reason", "load", "parse_where",
-           "pick_candidate", "render_card", "to_hf_state_dict"]
+           "from_hf_state_dict", "generation_config", "generation_settings", "hf_config",
+           "hf_unsupported_reason", "load", "parse_where", "pick_candidate", "render_card",
+           "to_hf_state_dict"]
 
 FORMAT_VERSION = 1
 HF_ATOL = 1e-4
 LOAD_ATOL = 1e-6
-ARCHITECTURE_FILE = "architecture.json"
-METRICS_FILE = "metrics.json"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-CARD_FILE = "README.md"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 # (stage, done, total, detail): stages "weights", "train" (done/total steps, detail "loss x"),
 # "onnx", "files", "verify".
@@ -248,10 +256,13 @@ def hf_unsupported_reason(arch: Architecture) -> str | None:
     return None
 
 
-def hf_config(arch: Architecture) -> dict[str, Any] | None:
+def hf_config(arch: Architecture,
+              special_tokens: Mapping[str, tuple[str, int]] | None = None) -> dict[str, Any] | None:
     """The ``config.json`` that makes transformers build ``arch`` (None for linear attention).
 
     Block sharing needs no field: the weights are unrolled, one copy per layer application.
+    ``special_tokens`` (`nas.data.Tokenizer.special_tokens`) names the BOS/EOS/pad ids, so
+    ``generate`` stops at end-of-text; the byte tokenizer has none, and they stay null.
     """
     if hf_unsupported_reason(arch) is not None:
         return None
@@ -275,10 +286,7 @@ def hf_config(arch: Architecture) -> dict[str, Any] | None:
         "attention_dropout": 0.0,
         "initializer_range": 0.02,
         "use_cache": True,
-        # Byte-level / BPE tokenizers here have no special tokens: no BOS/EOS to prepend.
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "pad_token_id": None,
+        **_special_ids(special_tokens),
         "torch_dtype": "float32",
     }
     if sliding:
@@ -286,6 +294,21 @@ def hf_config(arch: Architecture) -> dict[str, Any] | None:
     else:
         config.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
     return config
+
+
+def _special_ids(special_tokens: Mapping[str, tuple[str, int]] | None) -> dict[str, int | None]:
+    """``{bos,eos,pad}_token_id``: the tokenizer's ids, null where it has no such token."""
+    special = special_tokens or {}
+    return {f"{role}_id": (special[role][1] if role in special else None)
+            for role in ("bos_token", "eos_token", "pad_token")}
+
+
+def generation_config(special_tokens: Mapping[str, tuple[str, int]] | None) -> dict[str, Any] | None:
+    """``generation_config.json``: the ids ``generate`` stops at and pads with, or None when
+    the tokenizer has no special tokens (then there is nothing to say; the card says how to
+    stop). No ``max_length``: transformers warns when it meets the card's ``max_new_tokens``."""
+    ids = {k: v for k, v in _special_ids(special_tokens).items() if v is not None}
+    return ids or None
 
 
 def _hf_names(arch: Architecture, model: NasLM) -> list[tuple[str, int, str]]:
@@ -437,7 +460,7 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def _write(store: Store, search: SearchRecord, candidate: CandidateRecord, root: Path,
            train_tokens: int | None, progress: ExportProgress) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from nas.data import load_tokenizer
     from nas.onnx_export import export_onnx
@@ -458,16 +481,24 @@ def _write(store: Store, search: SearchRecord, candidate: CandidateRecord, root:
     graphs = export_onnx(model, arch, root)  # checker + ONNX Runtime parity, or ExportError
 
     progress("files", 0, 0, "")
-    save_file(to_hf_state_dict(model, arch), str(root / WEIGHTS_FILE),
-              metadata={"format": "pt", "nas.architecture": arch.to_json(),
-                        "nas.layout": "hf-llama: one tensor per layer application"})
-    config = hf_config(arch)
+    # Serialised in memory and written like every other file: safetensors' save_file creates
+    # its file 0600, which would hide the weights from a deployment's user; this honours umask.
+    (root / WEIGHTS_FILE).write_bytes(save(
+        to_hf_state_dict(model, arch),
+        metadata={"format": "pt", "nas.architecture": arch.to_json(),
+                  "nas.layout": "hf-llama: one tensor per layer application"}))
+    special = tokenizer.special_tokens
+    config = hf_config(arch, special)
     if config is not None:
         _write_json(root / CONFIG_FILE, config)
+        generation = generation_config(special)
+        if generation is not None:
+            _write_json(root / GENERATION_CONFIG_FILE, generation)
     tokenizer.save(root)
     _write_json(root / TOKENIZER_CONFIG_FILE, {
         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": arch.max_seq_len,
-        "clean_up_tokenization_spaces": False})
+        "clean_up_tokenization_spaces": False,
+        **{role: text for role, (text, _id) in special.items()}})
 
     progress("verify", 0, 0, "")
     parity = {"onnx": graphs.max_abs_diff, "onnx_tolerance_rel": _onnx_rtol(),
@@ -475,6 +506,8 @@ def _write(store: Store, search: SearchRecord, candidate: CandidateRecord, root:
     huggingface = ({"mapped": True, "model_type": config["model_type"]} if config is not None
                    else {"mapped": False, "reason": hf_unsupported_reason(arch)})
     info = _metrics(search, candidate, weights, parity, tokenizer.name, huggingface)
+    info["special_tokens"] = {role: {"token": text, "id": token_id}
+                              for role, (text, token_id) in special.items()}
     _write_json(root / METRICS_FILE, info)
     (root / CARD_FILE).write_text(render_card(arch, info))
 
@@ -593,7 +626,7 @@ def _transformers_logits(root: Path, ids: Tensor) -> Tensor:
             hf_logging.enable_progress_bar()
 
 
-# ----- metrics.json and the model card -----------------------------------------------------
+# ----- metrics.json (the card: nas.model_card) --------------------------------------------------
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value is not None else None
 
@@ -651,126 +684,3 @@ def _metrics(search: SearchRecord, candidate: CandidateRecord, weights: dict[str
                   "candidate_finished": _iso(candidate.finished_at),
                   "exported": _iso(datetime.now(timezone.utc))},
     }
-
-
-def _num(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return "-" if value is None else str(value).lower()
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        # Counts stored as floats (params) read as counts; everything else with 4 digits.
-        return f"{value:,.0f}" if abs(value) >= 1000 and value == int(value) else f"{value:.4g}"
-    return str(value)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(_num(c) for c in row) + " |" for row in rows]
-    return lines
-
-
-def render_card(arch: Architecture, info: Mapping[str, Any]) -> str:
-    """The model card (README.md): `metrics.json`'s numbers and how to load every file."""
-    mapped = info["huggingface"]["mapped"]
-    lines = [f"# {info['search']} / trial {info['trial']}: {arch.describe()}", "",
-             f"Exported by `nas export` (nas {info['nas_version']}) on {info['dates']['exported']} "
-             f"from search `{info['search']}`, candidate {info['candidate_id']} (trial "
-             f"{info['trial']}, architecture hash `{info['arch_hash']}`).", ""]
-    lines += ["## Architecture", ""]
-    derived = [("parameters (unique)", arch.n_params), ("non-embedding parameters", arch.non_embedding_params),
-               ("head_dim", arch.head_dim), ("ffn hidden size", arch.ffn_hidden),
-               ("unique blocks", arch.n_unique_blocks)]
-    lines += _table(["field", "value"], [*arch.to_dict().items(), *derived]) + [""]
-
-    lines += ["## Quality and size", ""]
-    objectives = info["objectives"]
-    rows = [(f"{m} (objective, {objectives[m]['direction']})", objectives[m]["value"])
-            for m in objectives]
-    rows += [(m, v) for m, v in info["metrics"].items() if m not in objectives]
-    lines += _table(["metric", "value"], rows) + [""]
-    lines += ["`val_loss` is nats/token on the search's fixed validation tokens after the proxy run.", ""]
-
-    lines += ["## Latency", ""]
-    if info["latency"]:
-        rows = []
-        for profile, lat in info["latency"].items():
-            shape = ", ".join(f"{k}={v}" for k, v in lat["shape"].items())
-            for phase in ("prefill", "decode"):
-                s = lat[phase]
-                rows.append((profile, phase, s["median_ms"], s["p90_ms"], f"{100 * s['cv']:.1f}%",
-                             s["n"], shape))
-        lines += _table(["profile", "graph", "median ms", "p90 ms", "CV", "n", "shape"], rows)
-        lines += ["", "Measured with ONNX Runtime on these graphs' shapes during the search "
-                  "(latency depends on shape, not on weights).", ""]
-    else:
-        lines += ["No latency was measured for this candidate.", ""]
-
-    lines += ["## Training", ""]
-    data, budget, proxy, weights = info["data"], info["proxy_budget"], info["proxy"], info["weights"]
-    corpus = ", ".join(data.get("corpus", [])) if isinstance(data.get("corpus"), list) else data.get("corpus")
-    lines += [f"- Corpus: {corpus}; tokenizer: `{data.get('tokenizer')}`.",
-              "- Proxy budget: " + ", ".join(f"{k}={_num(v)}" for k, v in budget.items()) + ".",
-              f"- Proxy run: {_num(proxy.get('tokens'))} tokens, validation loss "
-              f"{_num(proxy.get('val_loss'))}, status {proxy.get('status', '-')}.",
-              f"- Exported weights: {weights['source']}."]
-    continued = weights.get("continued_training")
-    if continued:
-        lines.append(f"- Then trained for {_num(continued['tokens'])} more tokens at export "
-                     f"(seed {continued['seed']}): validation loss {_num(continued['val_loss'])}.")
-    lines.append("")
-
-    lines += ["## Files", "",
-              "| file | what |", "| --- | --- |",
-              f"| `{ARCHITECTURE_FILE}` | the architecture (`nas.Architecture.from_json`) |",
-              f"| `{METRICS_FILE}` | every number on this card |",
-              "| `model.onnx` | prefill: `input_ids [batch, seq]` -> `logits`, `present.{i}.*` |",
-              "| `decode.onnx` | one step: `input_ids`, `position_ids [batch, 1]`, `past.{i}.*` -> "
-              "`logits [batch, 1, vocab]`, `present.{i}.*` |",
-              f"| `{WEIGHTS_FILE}` | fp32 weights, Hugging Face Llama names, one tensor per layer "
-              "application (shared blocks unrolled; no `lm_head.weight` when tied) |",
-              f"| `tokenizer.json`, `{TOKENIZER_CONFIG_FILE}` | the tokenizer (`tokenizers` / "
-              "`AutoTokenizer`) |"]
-    if mapped:
-        lines.append(f"| `{CONFIG_FILE}` | Hugging Face config "
-                     f"({info['huggingface']['model_type']}) |")
-    lines += [f"| `{CARD_FILE}` | this card |", ""]
-
-    cache = ("`past.{i}.state` `[batch, n_kv_head, head_dim, head_dim]` and `past.{i}.norm` "
-             "`[batch, n_kv_head, head_dim]` (start from zeros)" if arch.attention == "linear" else
-             "`past.{i}.key`/`.value` `[batch, n_kv_head, past, head_dim]` (start with past=0"
-             + (f"; the graph keeps the last {arch.window} positions" if arch.window else "") + ")")
-    lines += ["## How to load", "", "PyTorch (this package):", "", "```python",
-              "import nas, torch", "model = nas.load('.')  # architecture.json + model.safetensors",
-              "logits = model(torch.tensor([[1, 2, 3]]))  # (batch, seq, vocab)", "```", "",
-              f"ONNX Runtime: `model.onnx` runs a prompt; `decode.onnx` adds one token per call with "
-              f"{cache}, for {arch.n_layer} layer applications, fed back from `present.*`.", "",
-              "```python", "import numpy as np, onnxruntime as ort",
-              "prefill = ort.InferenceSession('model.onnx')",
-              "logits, *cache = prefill.run(None, {'input_ids': np.array([[1, 2, 3]], dtype=np.int64)})",
-              "```", ""]
-    if mapped:
-        lines += ["Hugging Face transformers (offline, from this directory):", "", "```python",
-                  "from transformers import AutoModelForCausalLM, AutoTokenizer",
-                  "model = AutoModelForCausalLM.from_pretrained('.')",
-                  "tokenizer = AutoTokenizer.from_pretrained('.')", "```", ""]
-        if arch.repeat > 1:
-            lines += [f"Block sharing (`{arch.sharing}`) is unrolled: the transformers model has "
-                      f"{arch.n_layer} layers holding {arch.n_unique_blocks} distinct sets of "
-                      "weights, so it uses more memory than the shared model but computes the same.", ""]
-    else:
-        lines += [f"Hugging Face transformers: not available. The {info['huggingface']['reason']}, "
-                  f"so there is no `{CONFIG_FILE}`; use the ONNX graphs or `nas.load`.", ""]
-
-    parity = info["parity"]
-    lines += ["## Parity (checked at export time, fp32)", ""]
-    rows = [(f"ONNX Runtime {graph} vs PyTorch", diff, f"{parity['onnx_tolerance_rel']:g} x max(1, largest output)")
-            for graph, diff in parity["onnx"].items()]
-    rows.append(("nas.load vs the exported model (logits)", parity["nas_load"], parity["nas_load_tolerance"]))
-    hf = parity.get("transformers")
-    rows.append(("transformers vs ours (logits)", hf if isinstance(hf, float) else str(hf),
-                 parity.get("transformers_tolerance", "-")))
-    lines += _table(["check", "max abs diff", "tolerance"], rows) + [""]
-    return "\n".join(lines)

@@ -96,6 +96,26 @@ class HardwareProfile:
     def timed_runs(self) -> int:
         return self.rounds * self.repeats
 
+    @property
+    def positions_needed(self) -> int:
+        """The longest context the timed graphs see: the prefill graph runs ``prompt_len``
+        positions (0 .. prompt_len-1) and the decode graph adds one token at position
+        ``past_len``, after ``past_len`` cached ones. The two are timed separately."""
+        return max(self.prompt_len, self.past_len + 1)
+
+    def check_context(self, max_seq_len: int, *, source: str | None, field: str,
+                      note: str = "") -> None:
+        """Raise `ConfigError` when a model of ``max_seq_len`` positions cannot run this
+        profile's shapes: its latency would be timed, and its export configured, for a
+        context the model was never meant to hold."""
+        if max_seq_len >= self.positions_needed:
+            return
+        raise ConfigError(
+            f"{field}={max_seq_len}{note} is too short for hardware profile {self.name!r}, which "
+            f"times prompt_len={self.prompt_len} and past_len={self.past_len} (+1 new token): "
+            f"needs {field} >= {self.positions_needed}",
+            source=source, field=field, value=max_seq_len)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -61,6 +61,8 @@ from nas.specs import DataSpec, ProxyBudget
 if TYPE_CHECKING:
     import optuna
 
+    from nas.hardware import HardwareProfile
+
 # Fields in the order they are chosen: parents before the fields that depend on them.
 SAMPLED_FIELDS: tuple[str, ...] = (
     "n_layer", "d_model", "n_head", "n_kv_head", "ffn_mult", "attention", "window", "sharing",
@@ -461,6 +463,20 @@ class SearchSpace:
             if last < 0:
                 return list(found.values())
             path = path[:last] + [path[last] + 1]
+
+    def check_profiles(self, profiles: Sequence[HardwareProfile]) -> None:
+        """Refuse profiles whose shapes need more positions than a candidate holds.
+
+        Called wherever a space meets its profiles (`nas.search.resolve_profiles`), before
+        anything is written: otherwise a 64-position model is timed on a 128-token prompt
+        and exported with ``max_position_embeddings`` 64. The shortest choice must fit.
+        """
+        lengths = self.architecture["max_seq_len"].values
+        shortest = min(lengths)
+        note = " (its shortest choice)" if len(lengths) > 1 else ""
+        for profile in profiles:
+            profile.check_context(shortest, source=self.source, field="architecture.max_seq_len",
+                                  note=note)
 
     def contains(self, arch: Architecture) -> bool:
         try:

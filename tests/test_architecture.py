@@ -58,6 +58,28 @@ def test_from_dict_names_source_and_unknown_key():
         Architecture.from_dict({"n_kv_head": 3}, source="arch.json")
 
 
+def test_n_kv_head_defaults_to_n_head_everywhere():
+    """One default: `nas evaluate`'s JSON, a space and the API all mean multi-head attention."""
+    arch = Architecture.from_dict({"n_layer": 1, "d_model": 32, "n_head": 2})
+    assert arch.n_kv_head == 2
+    assert Architecture(n_head=8, d_model=64).n_kv_head == 8
+    assert Architecture.from_json(arch.to_json()) == arch  # resolved value round-trips
+    assert Architecture(n_head=2, d_model=32, n_kv_head=None) == Architecture(n_head=2, d_model=32, n_kv_head=2)
+
+
+@pytest.mark.parametrize("data, message", [
+    # A field's own value is checked before any relation between fields.
+    ({"n_layer": 1, "d_model": 32, "n_head": 2, "attention": "bogus"}, "attention='bogus' must be one of"),
+    ({"d_model": 32, "n_head": 2, "n_kv_head": 4, "attention": "bogus"}, "attention='bogus' must be one of"),
+    ({"d_model": 48, "n_head": 5, "ffn_mult": -1}, "ffn_mult=-1.0 must be a positive number"),
+    ({"n_layer": 3, "n_kv_head": 3, "sharing": "sometimes"}, "sharing='sometimes' must be"),
+    ({"attention": "softmax", "window": 0}, "window=0 must be a positive integer"),
+])
+def test_first_reported_error_is_the_real_one(data, message):
+    with pytest.raises(ArchitectureError, match="^arch.json: " + message.replace("(", r"\(")):
+        Architecture.from_dict(data, source="arch.json")
+
+
 def test_parameter_counts_by_hand():
     # d=64, V=256, h=256 (4x), 2 unique blocks, tied.
     arch = Architecture()

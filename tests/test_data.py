@@ -94,6 +94,25 @@ def test_bpe_trained_once_then_loaded_from_cache(tmp_path: Path,
     assert (tok.save(tmp_path / "export")).name == "tokenizer.json"
 
 
+def test_bpe_ends_every_document_with_end_of_text(tmp_path: Path) -> None:
+    """The BPE's special token is what lets an exported model's `generate` stop."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    _write_docs(corpus, 30)
+    spec = DataSpec(corpus=(str(corpus / "*.txt"),), tokenizer="bpe:300")
+    td = prepare(spec, tmp_path / "cache")
+    tok = load_tokenizer(spec, tmp_path / "cache")
+    assert isinstance(tok, data_mod.BPETokenizer) and tok.eos_id == 0
+    assert tok.special_tokens == {role: (data_mod.EOS_TOKEN, 0)
+                                  for role in ("bos_token", "eos_token", "pad_token")}
+    docs = data_mod._read_documents(data_mod._resolve_corpus(spec))
+    train_texts, val_texts = data_mod._split_documents(docs, spec.val_fraction, spec.seed)
+    assert int((td.train == 0).sum()) == len(train_texts) and int((td.val == 0).sum()) == len(val_texts)
+    assert td.train[-1] == 0 and td.val[-1] == 0
+    assert 0 not in tok.encode("the quick brown fox.\n") and tok.decode([0]) == ""
+    assert ByteTokenizer().special_tokens == {}
+
+
 def test_split_by_document_is_disjoint_and_fixed(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -212,3 +231,52 @@ def test_cache_dir_defaults_to_env(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     text.write_text("some text\n" * 200)
     prepare(DataSpec(corpus=(str(text),)))
     assert len(list((tmp_path / "env-cache" / "data").glob("*.npz"))) == 1
+
+
+# ----- binary files are not corpora ----------------------------------------------------------
+def _refused(path: Path, cache: Path) -> str:
+    with pytest.raises(DataError) as err:
+        prepare(DataSpec(corpus=(str(path),)), cache)
+    message = str(err.value)
+    assert message.startswith(f"{path}: "), message
+    return message
+
+
+def test_random_bytes_are_refused(tmp_path: Path) -> None:
+    blob = tmp_path / "random.bin"
+    blob.write_bytes(os.urandom(64_000))  # ~43% undecodable, NUL bytes, control characters
+    message = _refused(blob, tmp_path)
+    assert "is binary, not text (" in message or "is not UTF-8 text (" in message
+
+
+def test_random_bytes_without_nul_are_refused_as_undecodable(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    blob = tmp_path / "random.bin"
+    blob.write_bytes(rng.integers(1, 256, size=64_000, dtype=np.uint8).tobytes())
+    message = _refused(blob, tmp_path)
+    assert "is not UTF-8 text (" in message
+    assert "% of its characters are undecodable bytes; at most 1%)" in message
+
+
+def test_elf_like_binary_is_refused_for_its_nul_bytes(tmp_path: Path) -> None:
+    elf = tmp_path / "a.out"
+    header = b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x02\x00\x3e\x00"
+    elf.write_bytes(header + bytes(8000) + b"GCC: (GNU) 12.2.0\0.text\0.data\0" + bytes(4000))
+    assert _refused(elf, tmp_path) == f"{elf}: is binary, not text (contains NUL bytes, the first at byte 7)"
+
+
+def test_control_characters_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "terminal.log"
+    path.write_text("ok\x1b\x07\x08 " * 3000)  # valid UTF-8, but 50% control characters
+    assert "is binary, not text (50.0% of its characters are control characters" in _refused(path, tmp_path)
+
+
+def test_text_with_a_few_bad_bytes_still_trains(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    text = ("An ordinary line of prose, with tabs\tand form feeds\f, CRLF endings\r\n"
+            "and unicode: na\u00efve caf\u00e9 \u2014 \ufffd kept as is.\n") * 400
+    raw = text.encode("utf-8")
+    raw = raw[:1000] + b"\xff\xfe" + raw[1000:5000] + b"\x1b[0m\x0b" + raw[5000:] + b"\xc3"
+    path.write_bytes(raw)
+    data = prepare(DataSpec(corpus=(str(path),)), tmp_path)
+    assert len(data.train) + len(data.val) > 40_000

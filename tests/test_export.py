@@ -447,3 +447,129 @@ def test_cli_reports_bad_input_without_a_traceback(env: Env, tmp_path: Path) -> 
     assert run.returncode == 2
     assert "no search named 'nope' (existing: s)" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+# ----- file modes, special tokens and the card's generation example --------------------------
+def test_exported_files_follow_the_umask(env: Env, tmp_path: Path) -> None:
+    """Every file, model.safetensors included (safetensors writes 0600 itself), is 0666 & ~umask."""
+    for umask in (0o022, 0o027):
+        old = os.umask(umask)
+        try:
+            out = _export(env, 0, tmp_path / f"export-{umask:o}")
+        finally:
+            os.umask(old)
+        modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+        assert modes == dict.fromkeys(modes, 0o666 & ~umask), modes
+
+
+@dataclass
+class Trained:
+    out: Path  # the exported directory
+    arch: Architecture
+
+
+@pytest.fixture(scope="module")
+def bpe_export(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A really (briefly) trained BPE candidate of a stored search, exported."""
+    from nas.data import prepare
+    from nas.proxy import train
+    from nas.specs import DataSpec, ProxyBudget
+
+    root = tmp_path_factory.mktemp("bpe-export")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for path in sorted((ROOT / "nas").glob("*.py")):
+        (corpus / path.name).write_text(path.read_text())
+    spec = DataSpec(corpus=(str(corpus / "*.py"),), tokenizer="bpe:300")
+    budget = ProxyBudget(tokens=4096, batch_size=4, seq_len=32, val_tokens=512)
+    arch = Architecture(n_layer=1, d_model=32, n_head=2, ffn_mult=2.0, vocab_size=300, max_seq_len=64)
+    with pytest.MonkeyPatch.context() as mp, Store(f"sqlite:///{root / 'nas.db'}") as store:
+        mp.setenv("NAS_CACHE_DIR", str(root / "cache"))
+        trained = train(arch, budget, prepare(spec), threads=1)
+        store.create_search("bpe", space=load_space("tiny").to_dict(), space_hash="h",
+                            profiles=[{"name": "cpu-1t"}], objectives=[("val_loss", "minimize")],
+                            constraints=[], data=spec.to_dict(), budget=budget.to_dict(), trials=1,
+                            study_name="study-bpe")
+        store.finish_candidate("bpe", 0, _result(arch, trained.result.val_loss, 1.0,
+                                                 weights_to_bytes(trained.model)))
+        pick = pick_candidate(store, "bpe", trial=0)
+        out = export_candidate(store, pick.search, pick.candidate, root / "export")
+    return Trained(out, arch)
+
+
+def test_bpe_special_tokens_are_named_in_config_and_tokenizer(bpe_export: Trained) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nas.data import EOS_TOKEN
+
+    out = bpe_export.out
+    config = json.loads((out / "config.json").read_text())
+    generation = json.loads((out / "generation_config.json").read_text())
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    for role in ("bos", "eos", "pad"):
+        assert config[f"{role}_token_id"] == generation[f"{role}_token_id"] == 0
+        assert tokenizer_config[f"{role}_token"] == EOS_TOKEN
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer.eos_token == EOS_TOKEN and tokenizer.eos_token_id == 0 == tokenizer.pad_token_id
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    assert model.generation_config.eos_token_id == 0 and model.config.eos_token_id == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["special_tokens"]["eos_token"] == {"token": EOS_TOKEN, "id": 0}
+    card = (out / "README.md").read_text()
+    assert f"stops at the end-of-text token `{EOS_TOKEN}` (id 0)" in card
+
+
+def test_generate_stops_at_end_of_text(bpe_export: Trained) -> None:
+    """With eos_token_id from the export, `generate` ends where the model emits end-of-text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+    class EndAfter(LogitsProcessor):  # the model emits end-of-text as its third new token
+        def __init__(self, start: int) -> None:
+            self.start = start
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            if input_ids.shape[1] - self.start == 2:
+                scores[:, :] = -float("inf")
+                scores[:, 0] = 0.0
+            return scores
+
+    tokenizer = AutoTokenizer.from_pretrained(str(bpe_export.out))
+    model = AutoModelForCausalLM.from_pretrained(str(bpe_export.out)).eval()
+    inputs = tokenizer("def ", return_tensors="pt")
+    start = inputs["input_ids"].shape[1]
+    out = model.generate(**inputs, max_new_tokens=20, do_sample=False,
+                         logits_processor=LogitsProcessorList([EndAfter(start)]))
+    assert out.shape[1] == start + 3 and int(out[0, -1]) == 0
+
+
+def _card_example(out: Path) -> str:
+    """The card's transformers block: the one that calls `generate`."""
+    card = (out / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in card.split("```python\n")[1:]]
+    (block,) = [b for b in blocks if "model.generate(" in b]
+    return block
+
+
+@pytest.mark.parametrize("which", ["bpe", "byte"])
+def test_the_cards_generation_example_runs(which: str, env: Env, bpe_export: Trained, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    """Exactly the card's code, run in the exported directory, generates within its bounds."""
+    out = bpe_export.out if which == "bpe" else _export(env, 0, tmp_path / "export")
+    arch = bpe_export.arch if which == "bpe" else CASES[0]
+    code = _card_example(out)
+    if which == "byte":
+        assert "stop_strings=['\\n\\n']" in code and "tokenizer=tokenizer" in code
+        assert not (out / "generation_config.json").exists()  # no ids to name
+        assert "has no special tokens" in (out / "README.md").read_text()
+    else:
+        assert "stop_strings" not in code
+    monkeypatch.chdir(out)
+    scope: dict[str, object] = {}
+    exec(compile(code, str(out / "README.md"), "exec"), scope)  # noqa: S102 - our own card
+    generated = scope["out"]
+    prompt_len = scope["inputs"]["input_ids"].shape[1]  # type: ignore[index]
+    max_new = export_mod.generation_settings(arch, {} if which == "byte" else {"eos_token": 0},
+                                             None)["kwargs"]["max_new_tokens"]
+    assert prompt_len < generated.shape[1] <= prompt_len + max_new <= arch.max_seq_len  # type: ignore[attr-defined]
+    assert capsys.readouterr().out.startswith("The ")

@@ -131,3 +131,17 @@ def test_import_is_light():
             "print(sorted(m for m in ('onnxruntime', 'torch', 'onnx', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_positions_needed_is_what_the_graphs_run() -> None:
+    """Prefill runs prompt_len positions; decode adds one token after past_len cached ones."""
+    assert HardwareProfile("p", prompt_len=128, past_len=128).positions_needed == 129
+    assert HardwareProfile("p", prompt_len=200, past_len=16).positions_needed == 200
+    profile = HardwareProfile("p", prompt_len=32, past_len=32)
+    profile.check_context(33, source="arch.json", field="max_seq_len")  # fits exactly
+    with pytest.raises(ConfigError) as err:
+        profile.check_context(32, source="arch.json", field="max_seq_len")
+    assert str(err.value) == ("arch.json: max_seq_len=32 is too short for hardware profile 'p', which "
+                              "times prompt_len=32 and past_len=32 (+1 new token): needs "
+                              "max_seq_len >= 33")
+    assert (err.value.field, err.value.value) == ("max_seq_len", 32)

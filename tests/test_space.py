@@ -413,3 +413,29 @@ def test_unreadable_or_malformed_files(tmp_path):
         load_space("no_such_space")
     with pytest.raises(ConfigError, match="cannot read"):
         load_space(tmp_path / "missing.yaml")
+
+
+def test_max_seq_len_must_hold_every_profiles_shapes() -> None:
+    """Where a space meets its profiles (the CLI, the API), a too-short context is refused."""
+    from nas.hardware import load_profile, load_profiles
+    from nas.search import resolve_profiles
+
+    e2e = load_space(ROOT / "tests" / "data" / "e2e.yaml")  # max_seq_len 64
+    fits = load_profile(ROOT / "tests" / "data" / "e2e-1t.yaml")  # 32 + 32 + 1
+    assert resolve_profiles(e2e, (fits,)) == (fits,)
+    with pytest.raises(ConfigError, match=r"e2e.yaml: architecture.max_seq_len=64 is too short for "
+                                          r"hardware profile 'cpu-1t', which times prompt_len=128 "
+                                          r"and past_len=128 \(\+1 new token\): needs "
+                                          r"architecture.max_seq_len >= 129$"):
+        resolve_profiles(e2e, (fits, *load_profiles("cpu-1t")))
+    data = yaml.safe_load((ROOT / "tests" / "data" / "e2e.yaml").read_text())
+    data["architecture"]["max_seq_len"] = {"choices": [129, 64, 256]}
+    mixed = SearchSpace.from_dict(data, source="mixed.yaml")
+    with pytest.raises(ConfigError, match=r"^mixed.yaml: architecture.max_seq_len=64 \(its shortest "
+                                          r"choice\) is too short") as err:
+        mixed.check_profiles(load_profiles("cpu-1t"))
+    assert err.value.field == "architecture.max_seq_len"
+    tiny_space = load_space("tiny")  # the shipped spaces fit their shipped profiles
+    tiny_space.check_profiles(load_profiles(",".join(tiny_space.profiles)))
+    slm = load_space("slm")
+    slm.check_profiles(load_profiles(",".join(slm.profiles)))
