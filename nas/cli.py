@@ -1,25 +1,36 @@
 """`nas`: thin Typer commands over the library. Heavy imports happen inside commands,
-so `nas --help` and `nas ls` start fast."""
+so `nas --help` and `nas ls` start fast.
+
+Every refusal, ours or a usage error of Typer's, is one line on stderr, ``error: ...``,
+exit status 2. ``nas search`` exits 0 when the search finished and 130 when it stopped
+(Ctrl-C, SIGTERM, or a stop asked through ``nas serve``), so scripts can tell them apart.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nas.errors import NasError
+from nas.errors import ConfigError, NasError
+from nas.terminal import (App, ExportProgress, Group, LiveProgress, empty_front_message, front_table,
+                          make_console, searches_table, summary_json, trials_table)
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode="rich",
-                  help="Hardware-aware neural architecture search for small language models.")
-console = Console()
-err_console = Console(stderr=True)
+EXIT_STOPPED = 130  # 128 + SIGINT, as shells report an interrupted command
+
+
+app = App(add_completion=False, no_args_is_help=False, rich_markup_mode="rich", cls=Group,
+           context_settings={"help_option_names": ["-h", "--help"]},
+           help="Hardware-aware neural architecture search for small language models.")
+console = make_console()
+err_console = make_console(stderr=True)
 
 DEFAULT_DB = "sqlite:///nas.db"
 DbOption = typer.Option(None, "--db", help="Database URL (default: $NAS_DB or sqlite:///nas.db).")
@@ -29,54 +40,112 @@ def db_url(value: str | None) -> str:
     return value or os.environ.get("NAS_DB") or DEFAULT_DB
 
 
+def _read_store(db: str | None):  # -> Store
+    """The store for a command that only reads: a database that does not exist is an error,
+    never created (a mistyped --db must not leave an empty database behind)."""
+    from nas.store import Store
+
+    return Store(db_url(db), must_exist=True)
+
+
 def _split(values: list[str] | None) -> list[str]:
     """Accept both repeated options and comma-separated lists."""
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
 def main() -> None:
+    """The console script: NasError and usage errors become ``error: <message>``, exit 2."""
     try:
-        app()
+        code = app(prog_name="nas", standalone_mode=False)
     except NasError as err:
-        from rich.markup import escape
+        _fail(str(err), 2)
+    except typer.TyperException as err:  # Typer's usage errors: bad option value, unknown option...
+        _fail(_usage_message(err), int(getattr(err, "exit_code", 2)))
+    except typer.Abort:  # a confirmation prompt answered with Ctrl-C or end of input
+        err_console.print("aborted", highlight=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
-        # Escaped: messages quote user values, and rich would eat "[lo, hi]" as markup.
-        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+
+def _fail(message: str, code: int) -> None:
+    # Escaped: messages quote user values, and rich would eat "[lo, hi]" as markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _usage_message(err: typer.TyperException) -> str:
+    # "Value error, " is how Typer's type coercion prefixes a rejected value.
+    message = " ".join(err.format_message().split()).rstrip(".").replace("Value error, ", "")
+    message = message[:1].lower() + message[1:]
+    ctx = getattr(err, "ctx", None)
+    return f"{message} (see: {ctx.command_path} -h)" if ctx is not None else message
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"nas {version('nas')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                       help="Print the version of nas and exit.")) -> None:
+    """Hardware-aware neural architecture search for small language models."""
+    global console, err_console
+    # Decided per run: whether stdout is a terminal, or a pipe that must get full lines.
+    console, err_console = make_console(), make_console(stderr=True)
 
 
 # ----- search -------------------------------------------------------------------------
+class Timing(str, Enum):
+    exclusive = "exclusive"
+    overlap = "overlap"
+
+
 @app.command()
 def search(
     space: str = typer.Argument("tiny", help="A name under search_spaces/ or a path to a YAML file."),
     name: Optional[str] = typer.Option(None, "--name", help="Search name; running it again resumes it. "
                                        "Default: the space's name."),
-    profiles: Optional[list[str]] = typer.Option(None, "--profiles", help="Hardware profiles (names or "
-                                                 "paths, comma-separated). Default: the space's."),
+    profiles: Optional[list[str]] = typer.Option(None, "--profiles", "--profile", help="Hardware "
+                                                 "profiles (names or paths, comma-separated). "
+                                                 "Default: the space's."),
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Total trial budget (a resumed "
                                          "search runs only what is missing). Default: the space's."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Candidates training at once."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Candidates training at "
+                                          "once. Default: one per free training core (each takes "
+                                          "--threads cores); on a cluster, one per cluster CPU."),
     db: Optional[str] = DbOption,
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster "
                                               "instead of starting Ray locally."),
     data: Optional[list[str]] = typer.Option(None, "--data", help="Text files or globs to train on "
                                              "instead of the space's corpus."),
     threads: int = typer.Option(1, "--threads", min=1, help="CPU threads per training task."),
-    timing: str = typer.Option("exclusive", "--timing", help="'exclusive': time latency only while "
-                               "nothing trains on the node (accurate); 'overlap': time on reserved "
-                               "cores while training goes on (faster)."),
+    timing: Timing = typer.Option(Timing.exclusive, "--timing", help="'exclusive': time latency only "
+                                  "while nothing trains on the node (accurate); 'overlap': time on "
+                                  "reserved cores while training goes on (faster)."),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs per training task."),
     max_retries: int = typer.Option(2, "--max-retries", min=0, help="Re-runs of a trial whose worker died."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress display."),
 ) -> None:
-    """Search a space for the Pareto front of quality vs latency vs size."""
+    """Search a space for the Pareto front of quality vs latency vs size.
+
+    Exits 0 when the search finished, 130 when it was stopped (resume it by running it again).
+    """
     from nas.hardware import load_profiles
+    from nas.names import check_name
     from nas.search import SearchDriver, SearchRequest, resolve_profiles
     from nas.space import load_space
     from nas.specs import DataSpec
     from nas.store import Store
 
+    if name is not None:  # before anything is read or written; '' is not "the default"
+        check_name("--name", name)
     loaded = load_space(space)
+    if name is None:
+        check_name("name", loaded.name, source=loaded.source)
     chosen = resolve_profiles(loaded, load_profiles(",".join(_split(profiles))) if profiles else None)
     data_spec = None
     if data:
@@ -87,78 +156,72 @@ def search(
                             trials=trials or loaded.trials, db_url=db_url(db), data=data_spec,
                             workers=workers, ray_address=ray_address, train_threads=threads,
                             gpus_per_trial=gpus_per_trial, max_retries=max_retries,
-                            timing=timing)
+                            timing=timing.value)
     store = Store(request.db_url)
-    console.print(f"search [bold]{request.name}[/]: space {loaded.name} ({loaded.source}), "
-                  f"{request.trials} trials, profiles {', '.join(p.name for p in chosen)}, "
-                  f"db {store.describe_url()}")
-    note = request.oversubscription()
-    if note:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    with _live_progress(request.name, request.trials, enabled=progress) as on_progress:
+    console.print(f"search [bold]{escape(request.name)}[/]: space {escape(loaded.name)} "
+                  f"({escape(str(loaded.source))}), {request.trials} trials, profiles "
+                  f"{', '.join(p.name for p in chosen)}, db {escape(store.describe_url())}",
+                  highlight=False)
+    for note in (request.trials_note(), request.oversubscription()):
+        if note:
+            console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    resume = _resume_line(store, request)
+    if resume:
+        console.print(resume, markup=False, highlight=False)
+    with LiveProgress(console, request.name, request.effective_trials, enabled=progress) as on_progress:
         outcome = SearchDriver(request, store, on_progress=on_progress).run()
     _print_front(store, request.name)
-    verb = {"finished": "finished", "stopped": "stopped"}.get(outcome.status, outcome.status)
-    console.print(f"\nsearch {outcome.name} {verb} in {outcome.seconds:.0f}s: {outcome.n_complete} "
-                  f"complete, {outcome.n_failed} failed, front of {len(outcome.front)}.")
+    console.print(f"\nsearch {escape(outcome.name)} {outcome.status} in {outcome.seconds:.0f}s: "
+                  f"{outcome.n_complete} complete, {outcome.n_failed} failed, front of "
+                  f"{len(outcome.front)}.", highlight=False)
     if outcome.status == "stopped":
-        console.print(f"Resume with: [bold]nas search {space} --name {outcome.name}"
-                      f"{_db_flag(db)}[/]")
-    console.print(f"Browse it:   [bold]nas serve{_db_flag(db)}[/] then open "
-                  f"http://127.0.0.1:8000/searches/{outcome.name}")
-    console.print(f"Report:      [bold]nas report {outcome.name}{_db_flag(db)} -o report.html[/]")
+        console.print(f"Resume with: [bold]{escape(_resume_command(space, outcome.name, db))}[/]",
+                      highlight=False, soft_wrap=True)
+    # soft_wrap: a terminal may wrap these lines, Rich never breaks a command or URL itself.
+    console.print(f"Browse it:   [bold]nas serve{escape(_db_flag(db))}[/] then open "
+                  f"http://127.0.0.1:8000/searches/{outcome.name}", highlight=False, soft_wrap=True)
+    console.print(f"Report:      [bold]nas report {escape(outcome.name)}{escape(_db_flag(db))} "
+                  "-o report.html[/]", highlight=False, soft_wrap=True)
+    if outcome.status == "stopped":
+        raise typer.Exit(EXIT_STOPPED)
+
+
+def _resume_line(store: Any, request: Any) -> str | None:
+    """What a run of an existing search will do, said before it starts (None for a new one).
+
+    Done counts distinct architectures that are complete or failed, as the driver counts its
+    budget (`SearchRequest.effective_trials`). A stored search of another space is left to the
+    driver, which refuses it with the reason.
+    """
+    existing = store.find_search(request.name)
+    if existing is None or existing.space_hash != request.space.hash:
+        return None
+    done = len({c.arch_hash for c in store.candidates(request.name, states=["complete", "failed"],
+                                                      with_proxy=False)})
+    budget = request.effective_trials
+    if done >= budget:
+        return (f"nothing to do: {request.name} already has {done} trials done (--trials "
+                f"{budget}); raise --trials to search on")
+    return f"resuming {request.name}: {done} of {budget} done, running {budget - done} more"
+
+
+def _resume_command(space: str, name: str, db: str | None) -> str:
+    import shlex
+
+    return f"nas search {shlex.quote(space)} --name {shlex.quote(name)}{_db_flag(db)}"
 
 
 def _db_flag(db: str | None) -> str:
-    return f" --db {db}" if db else ""
+    import shlex
 
-
-class _live_progress:
-    """Rich progress: done/total, running, failed, front size, hypervolume, elapsed, ETA."""
-
-    def __init__(self, name: str, total: int, enabled: bool) -> None:
-        self.enabled = enabled and console.is_terminal or enabled and os.environ.get("NAS_FORCE_PROGRESS")
-        self.name, self.total = name, total
-
-    def __enter__(self):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        if not self.enabled:
-            return self._plain
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("running {task.fields[running]} · failed {task.fields[failed]} · "
-                       "front {task.fields[front]} · HV {task.fields[hv]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-            transient=False)
-        self.bar.__enter__()
-        self.task = self.bar.add_task(self.name, total=self.total, running=0, failed=0, front=0, hv="-")
-        return self._update
-
-    def _update(self, p) -> None:
-        hv = f"{p.hypervolume:.4g}" if p.hypervolume is not None else "-"
-        self.bar.update(self.task, completed=p.done, total=p.total, running=p.running, failed=p.failed,
-                        front=p.front, hv=hv)
-
-    def _plain(self, p) -> None:
-        key = (p.done, p.failed)
-        if getattr(self, "_last", None) != key:
-            self._last = key
-            hv = f"{p.hypervolume:.4g}" if p.hypervolume is not None else "-"
-            console.print(f"{p.done}/{p.total} done, {p.running} running, {p.failed} failed, "
-                          f"front {p.front}, HV {hv}", highlight=False)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
+    return f" --db {shlex.quote(db)}" if db else ""
 
 
 # ----- evaluate -----------------------------------------------------------------------
 @app.command()
 def evaluate(
     arch: Path = typer.Option(..., "--arch", help="Architecture JSON file."),
-    profile: list[str] = typer.Option(["cpu-1t"], "--profile", help="Hardware profiles (repeat or comma-separate)."),
+    profile: list[str] = typer.Option(["cpu-1t"], "--profiles", "--profile", help="Hardware profiles (repeat or comma-separate)."),
     data: Optional[list[str]] = typer.Option(None, "--data", help="Text files or globs (default: the "
                                              "embedded standard-library corpus)."),
     tokens: Optional[int] = typer.Option(None, "--tokens", min=1, help="Training tokens (default: the tiny "
@@ -187,6 +250,7 @@ def evaluate(
     architecture = Architecture.from_json(text, source=str(arch))
     profiles = load_profiles(",".join(_split(profile)))
     for p in profiles:
+        p.check_context(architecture.max_seq_len, source=str(arch), field="max_seq_len")
         check_available(p)
     spec = DataSpec(corpus=tuple(_split(data)) or ("stdlib",), tokenizer=tokenizer)
     spec.validate("--data")
@@ -252,17 +316,19 @@ def _stats(s) -> str:
 
 # ----- reading searches -----------------------------------------------------------------
 @app.command("ls")
-def list_searches(db: Optional[str] = DbOption) -> None:
+def list_searches(db: Optional[str] = DbOption,
+                  as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of "
+                                               "a table.")) -> None:
     """List the searches in the database."""
-    from nas.store import Store
-
-    store = Store(db_url(db))
-    table = Table("name", "status", "done", "failed", "running", "trials", "front", "hypervolume", "created")
-    for s in store.list_searches():
-        table.add_row(s.name, s.status, str(s.n_complete), str(s.n_failed), str(s.n_running), str(s.trials),
-                      str(s.front_size), f"{s.hypervolume:.4g}" if s.hypervolume is not None else "-",
-                      f"{s.created_at:%Y-%m-%d %H:%M}")
-    console.print(table if table.row_count else f"no searches in {store.describe_url()}")
+    store = _read_store(db)
+    searches = store.list_searches()
+    if as_json:
+        print(json.dumps([summary_json(s) for s in searches], indent=2))
+        return
+    if not searches:
+        console.print(f"no searches in {store.describe_url()}", markup=False, highlight=False)
+        return
+    console.print(searches_table(console, searches))
 
 
 def _front(store, name: str):
@@ -272,45 +338,58 @@ def _front(store, name: str):
     return analysis.search, analysis.metrics, list(analysis.front), analysis.knee_id
 
 
-def _print_front(store, name: str) -> None:
-    search, objectives, front, knee = _front(store, name)
-    table = Table(title=f"Pareto front of {name} ({len(front)} candidates)")
-    for col in ["trial", "architecture", "params", *objectives[:4]]:
-        table.add_column(col, justify="right" if col != "architecture" else "left")
-    for r in front:
-        marker = " (knee)" if r.id == knee else ""
-        table.add_row(f"{r.trial_number}{marker}", r.architecture.describe(), f"{r.architecture.n_params:,}",
-                      *[f"{r.metrics[m]:.4g}" for m in objectives[:4]])
-    console.print(table)
+def _print_front(store, name: str, every_trial: bool = False) -> None:
+    """The front by trial number (knee marked), or with ``every_trial`` every trial and its
+    state; an empty front says why on stderr."""
+    from nas.fronts import load_front
+
+    analysis = load_front(store, name)  # shared with `nas serve` and `nas report`
+    console.print(trials_table(console, analysis) if every_trial else front_table(console, analysis))
+    if not analysis.front:
+        err_console.print(empty_front_message(analysis), markup=False, highlight=False)
 
 
 @app.command()
-def show(name: str = typer.Argument(..., help="Search name."), db: Optional[str] = DbOption) -> None:
-    """Show a search's Pareto front as a table."""
-    from nas.store import Store
+def show(name: str = typer.Argument(..., help="Search name."), db: Optional[str] = DbOption,
+         show_all: bool = typer.Option(False, "--all", help="List every trial: dominated, "
+                                       "infeasible, failed and running ones too, with their state "
+                                       "and error.")) -> None:
+    """Show a search's Pareto front as a table (knee marked), by trial number."""
+    store = _read_store(db)
+    _print_front(store, name, every_trial=show_all)
 
-    _print_front(Store(db_url(db)), name)
+
+class Format(str, Enum):
+    csv = "csv"
+    json = "json"
 
 
 @app.command("pareto")
 def pareto_command(name: str = typer.Argument(..., help="Search name."),
-                   fmt: str = typer.Option("csv", "--format", help="csv or json."),
+                   fmt: Format = typer.Option(Format.csv, "--format", help="Output format."),
                    db: Optional[str] = DbOption) -> None:
-    """Print a search's Pareto front as CSV or JSON."""
+    """Print a search's Pareto front as CSV or JSON (a message on stderr when it is empty)."""
     import csv
+    import dataclasses
 
-    from nas.store import Store
+    from nas.architecture import Architecture
 
-    if fmt not in ("csv", "json"):
-        raise NasError(f"--format={fmt!r} must be 'csv' or 'json'")
-    search, objectives, front, knee = _front(Store(db_url(db)), name)
+    from nas.fronts import load_front
+
+    analysis = load_front(_read_store(db), name)
+    search, objectives, knee = analysis.search, analysis.metrics, analysis.knee_id
     rows = [{"trial": r.trial_number, "candidate_id": r.id, "knee": r.id == knee, "arch_hash": r.architecture.hash,
              **{m: r.metrics[m] for m in objectives}, "params": r.architecture.n_params,
-             **{f"arch.{k}": v for k, v in r.architecture.to_dict().items()}} for r in front]
-    if fmt == "json":
+             **{f"arch.{k}": v for k, v in r.architecture.to_dict().items()}} for r in analysis.front]
+    if not rows:
+        err_console.print(empty_front_message(analysis), markup=False, highlight=False)
+    if fmt is Format.json:
         print(json.dumps({"search": name, "objectives": search.objectives, "front": rows}, indent=2))
         return
-    writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["trial"])
+    # The same columns with or without rows: a script reading the header needs no special case.
+    fields = ["trial", "candidate_id", "knee", "arch_hash", *objectives, "params",
+              *[f"arch.{f.name}" for f in dataclasses.fields(Architecture)]]
+    writer = csv.DictWriter(sys.stdout, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
 
@@ -319,7 +398,8 @@ def pareto_command(name: str = typer.Argument(..., help="Search name."),
 @app.command("export")
 def export_command(
     name: str = typer.Argument(..., help="Search name."),
-    out: Path = typer.Option(..., "-o", "--out", help="Directory to write (must not exist; see --force)."),
+    out: Path = typer.Option(..., "-o", "--out", "--output", help="Directory to write (must not "
+                             "exist; see --force)."),
     trial: Optional[int] = typer.Option(None, "--trial", min=0, help="Export this trial."),
     pick: Optional[str] = typer.Option(None, "--pick", help="'knee' (of the front) or 'best:METRIC' "
                                        "(e.g. best:val_loss; append :max to maximise)."),
@@ -332,47 +412,23 @@ def export_command(
 ) -> None:
     """Export a candidate: ONNX graphs, weights, tokenizer, model card and a Hugging Face config."""
     from nas.export import export_candidate, pick_candidate
-    from nas.store import Store
 
-    store = Store(db_url(db))
+    store = _read_store(db)
     chosen = pick_candidate(store, name, trial=trial, pick=pick, where=_split(where))
     c = chosen.candidate
-    console.print(f"exporting {name} trial {c.trial_number} ({chosen.reason}): "
-                  f"{c.architecture.describe()}", highlight=False)
-    with _export_progress() as on_progress:
+    console.print(f"exporting {escape(name)} trial {c.trial_number} ({escape(chosen.reason)}): "
+                  f"{escape(c.architecture.describe())}", highlight=False)
+    with ExportProgress(err_console) as on_progress:
         path = export_candidate(store, chosen.search, c, out, train_tokens=train_tokens, force=force,
                                 progress=on_progress)
     info = json.loads((path / "metrics.json").read_text())
     for file in sorted(path.iterdir()):
         console.print(f"  {file.name:<22} {file.stat().st_size:>12,} bytes", highlight=False)
     hf = info["huggingface"]
-    console.print(f"wrote {path}; load it with nas.load({str(path)!r})"
-                  + (f" or transformers.AutoModelForCausalLM.from_pretrained({str(path)!r})"
-                     if hf["mapped"] else f" (no Hugging Face config: {hf['reason']})"), highlight=False)
-
-
-class _export_progress:
-    """Stage lines, and a transient bar while --train-tokens trains."""
-
-    def __enter__(self):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True)
-        self.task = None
-        self.bar.__enter__()
-        return self._update
-
-    def _update(self, stage: str, done: int, total: int, detail: str) -> None:
-        if stage != "train":
-            self.bar.console.print(f"  {stage}...", highlight=False)
-            return
-        if self.task is None:
-            self.task = self.bar.add_task("training", total=total, detail="")
-        self.bar.update(self.task, completed=done, total=total, detail=detail)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.bar.__exit__(*exc)
+    console.print(escape(f"wrote {path}; load it with nas.load({str(path)!r})"
+                         + (f" or transformers.AutoModelForCausalLM.from_pretrained({str(path)!r})"
+                            if hf["mapped"] else f" (no Hugging Face config: {hf['reason']})")),
+                  highlight=False)
 
 
 # ----- browsing ---------------------------------------------------------------------------
@@ -392,27 +448,86 @@ def serve(db: Optional[str] = DbOption,
 
     secret = resolve_token(token)
     check_bind(host, secret)
-    store = Store(db_url(db))
+    _check_port_free(host, port)
+    store = Store(db_url(db))  # creating: the service starts and stops searches
     # On loopback, answer only loopback Host headers: a DNS-rebinding page cannot read us.
     allowed = list(LOOPBACK_HOSTS) if is_loopback(host) else None
     web = create_app(store, token=secret, allowed_hosts=allowed)
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"serving {store.describe_url()} on [bold]http://{shown}:{port}[/]"
-                  f"{' (token required for writes)' if secret else ''}; Ctrl-C stops")
+    console.print(f"serving {escape(store.describe_url())} on [bold]http://{shown}:{port}[/]"
+                  f"{' (token required for writes)' if secret else ''}; Ctrl-C stops", highlight=False,
+                  soft_wrap=True)
     uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as uvicorn will, so a taken port is one line before anything
+    says "serving". SO_REUSEADDR like uvicorn: a port left in TIME_WAIT is free to it."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise ConfigError(f"--host={host!r} cannot be resolved ({err.strerror})", field="--host",
+                          value=host) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            import errno
+
+            if err.errno == errno.EADDRINUSE:
+                raise ConfigError(f"--port={port} is already in use on {host}; stop what listens "
+                                  "there or choose another --port", field="--port",
+                                  value=port) from None
+            raise ConfigError(f"--port={port}: cannot listen on {host}: {err.strerror}",
+                              field="--port", value=port) from None
 
 
 @app.command()
 def report(name: str = typer.Argument(..., help="Search name."),
-           output: Path = typer.Option(Path("report.html"), "-o", "--output", help="HTML file to write."),
+           out: Path = typer.Option(Path("report.html"), "-o", "--out", "--output",
+                                    help="HTML file to write (its directory must exist)."),
            db: Optional[str] = DbOption) -> None:
     """Write a search's plots and tables as one self-contained, offline HTML file."""
-    from nas.report import write_report
-    from nas.store import Store
+    from nas.report import check_writable, write_report
 
-    path = write_report(Store(db_url(db)), name, output)
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in any browser, "
-                  "no server or network needed")
+    check_writable(out)  # before the (slow) rendering
+    path = write_report(_read_store(db), name, out)
+    console.print(f"wrote {escape(str(path))} ({path.stat().st_size / 1e6:.1f} MB): open it in any "
+                  "browser, no server or network needed", highlight=False)
+
+
+# ----- removing -------------------------------------------------------------------------------
+@app.command("rm")
+def remove(name: str = typer.Argument(..., help="Search name."),
+           yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+           db: Optional[str] = DbOption) -> None:
+    """Delete a search: its trials, their results and weights, and its Optuna study.
+
+    Refused while the search runs; stop it first (Ctrl-C, or Stop in `nas serve`).
+    """
+    store = _read_store(db)
+    found = store.get_search(name)  # NotFoundError lists the names there are
+    # The store reports a running search whose driver's heartbeat went stale as "driver
+    # lost": that one can go. A live driver would write on into deleted rows.
+    if found.status in ("running", "stopping"):
+        raise NasError(f"search {name!r} is {found.status}; stop it before removing it (Ctrl-C "
+                       f"where it runs, or POST /api/searches/{name}/stop)")
+    n = len(store.candidates(name, with_proxy=False))
+    if not yes:
+        try:
+            agreed = typer.confirm(f"delete search {name!r} ({found.status}, {n} trials) from "
+                                   f"{store.describe_url()}?", default=False)
+        except typer.Abort:  # Ctrl-C or end of input at the prompt
+            agreed = False
+        if not agreed:
+            err_console.print(f"kept search {name!r}: nothing deleted", markup=False, highlight=False)
+            raise typer.Exit(1)
+    store.delete_search(name)
+    console.print(f"deleted search {escape(name)} ({n} trials) from {escape(store.describe_url())}",
+                  highlight=False)
 
 
 if __name__ == "__main__":

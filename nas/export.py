@@ -156,7 +156,7 @@ def pick_candidate(store: Store, name: str, trial: int | None = None, pick: str 
     bounds = [parse_where(w) for w in where or ()]
     analysis = fronts.analyze(search, store.candidates(name))
     if not analysis.complete:
-        states = _count_states(analysis.candidates)
+        states = _count_states(analysis.candidates, live=search.status in LIVE_STATUSES)
         raise NotFoundError(f"search {name!r} has no complete candidate to pick from ({states})")
     known = sorted({m for c in analysis.complete for m in c.metrics})
     metric, direction = _parse_pick(pick, analysis)
@@ -218,10 +218,12 @@ def _no_match(name: str, complete: Sequence[CandidateRecord], feasible: Sequence
             f"{closest.trial_number} ({values})")
 
 
-def _count_states(records: Sequence[CandidateRecord]) -> str:
+def _count_states(records: Sequence[CandidateRecord], live: bool) -> str:
+    """'2 failed, 1 running'; a trial its stopped or lost driver left running is 'interrupted'."""
     counts: dict[str, int] = {}
     for r in records:
-        counts[r.state] = counts.get(r.state, 0) + 1
+        state = r.state if live or r.state != "running" else "interrupted"
+        counts[state] = counts.get(state, 0) + 1
     return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no candidates yet"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nas import plots
+from nas.errors import ConfigError
 from nas.service.templating import environment
 from nas.service.views import ViewCache, search_out
 
@@ -39,8 +40,32 @@ def render_report(store: Store, name: str) -> str:
         written=datetime.now(timezone.utc))
 
 
-def write_report(store: Store, name: str, path: str | Path) -> Path:
-    """Write the report of search ``name`` to ``path`` (parent directories must exist)."""
+def check_writable(path: str | Path) -> Path:
+    """``path`` if a report can be written there; a one-line ConfigError naming it otherwise.
+
+    Called before rendering, which takes seconds: a typo in ``-o`` fails at once.
+    """
     path = Path(path)
-    path.write_text(render_report(store, name), encoding="utf-8")
+    if path.is_dir():
+        raise ConfigError(f"is a directory; name the HTML file to write, e.g. "
+                          f"{path / 'report.html'}", source=str(path), field="-o", value=str(path))
+    parent = path.parent
+    if not parent.exists():
+        raise ConfigError(f"cannot write the report: directory {parent} does not exist",
+                          source=str(path), field="-o", value=str(path))
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write the report: {parent} is not a directory",
+                          source=str(path), field="-o", value=str(path))
+    return path
+
+
+def write_report(store: Store, name: str, path: str | Path) -> Path:
+    """Write the report of search ``name`` to ``path`` (its directory must exist)."""
+    path = check_writable(path)
+    html = render_report(store, name)
+    try:
+        path.write_text(html, encoding="utf-8")
+    except OSError as err:  # permissions, a full disk...
+        raise ConfigError(f"cannot write the report: {err.strerror}", source=str(path), field="-o",
+                          value=str(path)) from None
     return path

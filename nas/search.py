@@ -407,6 +407,7 @@ class SearchDriver:
         req = self.request
         # Nothing is written until every input is checked: a search that cannot start must
         # not leave a record behind that a corrected re-run would then refuse to resume.
+        self.space.check_profiles(req.profiles)  # also for a request not built by resolve_profiles
         existing = self._check_existing()
         data = self._prepare_data()
         if req.ray_address:
@@ -425,9 +426,11 @@ class SearchDriver:
             raise
         status = "stopped"
         restore = self._install_signal_handlers()
+        cleanup = contextlib.ExitStack()
         try:
             study = self._open_study()
             self.store.set_status(req.name, "running")
+            cleanup.enter_context(_heartbeat(self.store, req.name))
             self._reference = search.reference_point
             self._load_finished()
             self._repair_study(study)
@@ -472,6 +475,7 @@ class SearchDriver:
             self._shutdown_ray(ray)
             raise
         finally:
+            cleanup.close()
             restore()
         if self.inflight:
             self._cancel(ray)
@@ -857,6 +861,30 @@ class SearchDriver:
 
 
 # ----- helpers ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def _heartbeat(store, name: str) -> Iterator[None]:
+    """Beat every few seconds from a thread of its own while the driver runs, so that a
+    long synchronous step never reads as a lost driver, and a killed one soon does."""
+    from nas.store.records import HEARTBEAT_SECONDS
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                store.heartbeat(name)
+            except Exception as err:  # noqa: BLE001 - an outage the store's retries gave up on
+                log.warning("heartbeat of search %r not written: %s", name, err)
+
+    thread = threading.Thread(target=beat, name=f"nas-heartbeat-{name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1.0)
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 

@@ -85,6 +85,18 @@ def existing_search(name: str = "taken", **overrides: Any) -> Callable[[Path], N
     return create
 
 
+def running_search(name: str) -> Callable[[Path], None]:
+    """A search in ./nas.db whose driver is alive: status running, heartbeat just now."""
+
+    def create(cwd: Path) -> None:
+        existing_search(name)(cwd)
+        with Store(f"sqlite:///{cwd / 'nas.db'}") as store:
+            store.set_status(name, "running")
+            store.heartbeat(name)
+
+    return create
+
+
 @dataclass(frozen=True)
 class Cli:
     """``nas ARGS`` run in a fresh folder after ``setup`` wrote its files there."""
@@ -120,6 +132,10 @@ CLI: dict[str, Cli] = {
     "provider-unavailable": Cli([*SEARCH[:2], "--profiles", f"{PROFILE},gpu.yaml"],
                                 [profile("gpu", provider="CUDAExecutionProvider")]),
     "profile-bound-without-cluster": Cli([*SEARCH[:2], "--profiles", f"{PROFILE},{EDGE_PROFILE}"]),
+    "profile-longer-than-max-seq-len": Cli(["search", "bad.yaml", "--profiles", f"{PROFILE},cpu-1t"], [space()]),
+    "space-profile-longer-than-max-seq-len": Cli(["search", "bad.yaml"], [space(
+        profiles=["cpu-1t"], objectives={"val_loss": "min", "latency:cpu-1t:decode_ms": "min"},
+        architecture__max_seq_len={"choices": [32, 256]})]),
     # corpora
     "corpus-missing": Cli([*SEARCH, "--data", "missing.txt"]),
     "corpus-glob-empty": Cli([*SEARCH, "--data", "texts/*.txt"]),
@@ -127,6 +143,12 @@ CLI: dict[str, Cli] = {
     "corpus-empty": Cli([*SEARCH, "--data", "empty.txt"], [text_file("empty.txt", "")]),
     "corpus-not-text": Cli([*SEARCH, "--data", "blob.bin"], [text_file("blob.bin", bytes(range(128, 256)) * 64)]),
     "corpus-too-small": Cli([*SEARCH, "--data", "small.txt"], [text_file("small.txt", "hello world\n" * 20)]),
+    "corpus-nul-bytes": Cli([*SEARCH, "--data", "a.out"], [text_file(
+        "a.out", b"\x7fELF\x02\x01\x01" + bytes(4096) + b".text\0.data\0" + bytes(2048))]),
+    "corpus-undecodable": Cli(["search", "bad.yaml", "--profiles", str(PROFILE)], [space(data__corpus=["latin1.txt"]), text_file(
+        "latin1.txt", "caf\u00e9 na\u00efve r\u00e9sum\u00e9 d\u00e9j\u00e0 vu\n".encode("latin-1") * 500)]),
+    "corpus-control-characters": Cli(["evaluate", "--arch", "arch.json", "--data", "term.log"], [
+        text_file("arch.json", "{}"), text_file("term.log", "\x1b[1m\x07ok\x08\x1b[0m\n" * 500)]),
     # databases
     "db-not-a-url": Cli([*SEARCH, "--db", "nas.sqlite"]),
     "db-unknown-dialect": Cli([*SEARCH, "--db", "mongodb://localhost/nas"]),
@@ -145,9 +167,24 @@ CLI: dict[str, Cli] = {
     # reading searches
     "show-unknown-search": Cli(["show", "nope"], [existing_search("e2e")]),
     "pareto-bad-format": Cli(["pareto", "e2e", "--format", "xml"]),
+    "usage-trials-zero": Cli([*SEARCH, "--trials", "0"]),
+    # names and files the command line refuses
+    "search-name-invalid": Cli([*SEARCH, "--name", "../evil"]),
+    "search-name-empty": Cli([*SEARCH, "--name", ""]),
+    "space-name-invalid": Cli(["search", "bad.yaml", "--profiles", str(PROFILE)], [space(name="a b")]),
+    "db-sqlite-missing": Cli(["ls", "--db", "sqlite:///typo.db"]),
+    "report-output-missing-directory": Cli(["report", "e2e", "-o", "missing/dir/r.html"],
+                                           [existing_search("e2e")]),
+    "report-output-is-directory": Cli(["report", "e2e", "-o", "out"],
+                                      [existing_search("e2e"), text_file("out/keep", "")]),
+    "rm-running": Cli(["rm", "busy", "--yes"], [running_search("busy")]),
     "evaluate-arch-missing": Cli(["evaluate", "--arch", "arch.json"]),
     "evaluate-arch-invalid": Cli(["evaluate", "--arch", "arch.json"], [text_file(
         "arch.json", json.dumps({"n_layer": 2, "d_model": 48, "n_head": 5}))]),
+    "evaluate-arch-bad-attention": Cli(["evaluate", "--arch", "arch.json"], [text_file(
+        "arch.json", json.dumps({"n_layer": 1, "d_model": 32, "n_head": 2, "attention": "bogus"}))]),
+    "evaluate-arch-shorter-than-profile": Cli(["evaluate", "--arch", "arch.json", "--profile", "cpu-1t"],
+                                              [text_file("arch.json", json.dumps({"max_seq_len": 64}))]),
 }
 
 
@@ -237,6 +274,7 @@ def test_gpus_per_trial_without_gpus(tmp_path: Path) -> None:
 def test_the_real_entry_point_prints_the_same_error(tmp_path: Path) -> None:
     """`nas` as a process: exit status 2, ``error: <message>`` on stderr, no traceback."""
     db = f"sqlite:///{tmp_path / 'x.db'}"
+    Store(db).close()  # an empty database: reading commands never create one
     result = subprocess.run([sys.executable, "-m", "nas", "show", "nope", "--db", db],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.startswith("error: ")

@@ -105,7 +105,7 @@ def _start(db: str, trials: int) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def test_ctrl_c_then_kill_9_then_resume_loses_and_repeats_nothing(tmp_path):
+def test_ctrl_c_then_kill_9_then_resume_loses_and_repeats_nothing(tmp_path, monkeypatch):
     db = f"sqlite:///{tmp_path / 'nas.db'}"
     store = Store(db)
 
@@ -114,7 +114,7 @@ def test_ctrl_c_then_kill_9_then_resume_loses_and_repeats_nothing(tmp_path):
     _wait_for(store, "k", 1, proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err  # a stop, not a finish: scripts can tell
     assert "Resume with" in out
     assert store.get_search("k").status == "stopped"
     for record in store.candidates("k", states=["complete"]):
@@ -127,6 +127,15 @@ def test_ctrl_c_then_kill_9_then_resume_loses_and_repeats_nothing(tmp_path):
     proc.wait(timeout=30)
     before = {r.trial_number: r for r in store.candidates("k") if r.state in ("complete", "failed")}
     left_running = store.running_trials("k")
+    # Its heartbeat stops: once stale, readers see a lost driver and no trial still running.
+    monkeypatch.setattr("nas.store.records.STALE_AFTER_SECONDS", 1.0)
+    deadline = time.monotonic() + 10
+    while store.get_search("k").status != "driver lost" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.get_search("k").status == "driver lost"
+    summary = next(s for s in store.list_searches() if s.name == "k")
+    assert summary.n_running == 0 and summary.n_interrupted == len(left_running)
+    monkeypatch.undo()
 
     # 3. Resume: only the missing trials run; nothing finished is lost or recomputed.
     result = run_cli("search", str(SPACE), "--name", "k", "--trials", "6", "--profiles", str(PROFILE),

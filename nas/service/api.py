@@ -33,10 +33,12 @@ from nas.service.views import (
     ViewCache,
     candidate_out,
     json_bytes,
+    knee_trial,
     search_out,
     search_url,
     summary_out,
 )
+from nas.store.tables import DRIVER_LOST
 
 router = APIRouter(prefix="/api", tags=["searches"])
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such search or candidate"}}
@@ -87,7 +89,7 @@ def read_front(name: str, request: Request) -> dict[str, Any]:
     return {"search": name,
             "objectives": [{"metric": o.metric, "direction": o.direction} for o in a.objectives],
             "reference_point": list(a.reference) if a.reference is not None else None,
-            "hypervolume": a.hypervolume, "knee_id": a.knee_id,
+            "hypervolume": a.hypervolume, "knee_id": a.knee_id, "knee_trial": knee_trial(a),
             "candidates": [by_id[r.id] for r in a.front]}
 
 
@@ -175,6 +177,9 @@ def stop_search(name: str, request: Request) -> dict[str, Any]:
     if search is None:
         store.get_search(name)  # NotFoundError listing the existing names
         raise NotFoundError(f"no search named {name!r}")
+    if search.status == DRIVER_LOST:  # no driver will ever see "stopping": record the stop
+        store.set_status(name, "stopped")
+        return {"name": name, "status": "stopped"}
     if search.status not in ("running", "stopping"):
         raise Conflict(f"search {name!r} is {search.status}: there is nothing to stop")
     if search.status == "running":

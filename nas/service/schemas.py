@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from nas.service.launcher import MAX_TRIALS, MAX_YAML_BYTES, NAME_PATTERN
 
 ProfileName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-SearchStatus = Literal["running", "stopping", "stopped", "finished", "failed"]
+# "driver lost": stored as running or stopping, but its driver stopped beating (resume it).
+SearchStatus = Literal["running", "stopping", "stopped", "finished", "failed", "driver lost"]
 CandidateState = Literal["running", "complete", "failed", "pruned"]
 
 
@@ -31,7 +32,9 @@ class SearchSummaryOut(BaseModel):
     n_complete: int
     n_failed: int
     n_pruned: int
-    n_running: int
+    n_running: int = Field(description="in flight under a live driver")
+    n_interrupted: int = Field(0, description="left running by a driver that stopped or died; "
+                               "re-run when the search is resumed")
     front_size: int
     hypervolume: float | None
     created_at: datetime

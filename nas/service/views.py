@@ -135,7 +135,7 @@ def candidate_brief(record: CandidateRecord, *, on_front: bool, knee: bool,
 def summary_out(s) -> dict[str, Any]:
     return {"name": s.name, "status": s.status, "trials": s.trials, "n_complete": s.n_complete,
             "n_failed": s.n_failed, "n_pruned": s.n_pruned, "n_running": s.n_running,
-            "front_size": s.front_size, "hypervolume": s.hypervolume, "created_at": s.created_at,
+            "n_interrupted": s.n_interrupted, "front_size": s.front_size, "hypervolume": s.hypervolume, "created_at": s.created_at,
             "updated_at": s.updated_at, "finished_at": s.finished_at, "version": version(s),
             "url": search_url(s.name)}
 
@@ -272,7 +272,7 @@ def version(s: SearchSummary) -> str:
     """Changes whenever the search or its candidates do: ``updated_at`` moves on every write
     to them, and the snapshot fields catch the snapshot the driver writes right after."""
     key = (s.updated_at.isoformat(), s.status, s.n_complete, s.n_failed, s.n_pruned,
-           s.n_running, s.front_size, s.hypervolume)
+           s.n_running, s.n_interrupted, s.front_size, s.hypervolume)
     return hashlib.sha1(repr(key).encode()).hexdigest()[:12]
 
 

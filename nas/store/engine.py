@@ -100,8 +100,12 @@ def json_loads(text: str | bytes) -> Any:
 
 
 # ----- engines ---------------------------------------------------------------------------
-def create_store_engine(url: URL) -> Engine:
-    """An engine with the store's settings; StoreError for an unknown dialect or a bad path."""
+def create_store_engine(url: URL, *, must_exist: bool = False) -> Engine:
+    """An engine with the store's settings; StoreError for an unknown dialect or a bad path.
+
+    ``must_exist``: readers (``nas ls``, ``show``...) must not create a SQLite file by
+    opening a mistyped URL, so a missing file is a StoreError saying so.
+    """
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": json_dumps,
                               "json_deserializer": json_loads}
     if is_sqlite(url):
@@ -109,7 +113,7 @@ def create_store_engine(url: URL) -> Engine:
             # One connection, or each connection would see its own empty database.
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
-            _check_sqlite_path(url)
+            _check_sqlite_path(url, must_exist)
             kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
     elif (url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2")
           and "connect_timeout" not in url.query):
@@ -128,18 +132,37 @@ def create_store_engine(url: URL) -> Engine:
     return engine
 
 
-def _check_sqlite_path(url: URL) -> None:
+def _check_sqlite_path(url: URL, must_exist: bool = False) -> None:
     # sqlite3 only says "unable to open database file"; name the actual problem.
     if url.query.get("uri") or str(url.database).startswith("file:"):
         return
-    parent = Path(str(url.database)).expanduser().resolve().parent
+    path = Path(str(url.database)).expanduser().resolve()
+    parent = path.parent
     if not parent.exists():
         problem = f"directory {parent} does not exist"
     elif not parent.is_dir():
         problem = f"{parent} is not a directory"
+    elif must_exist and not path.exists():
+        problem = f"it does not exist (no file {path}); a search creates it"
     else:
         return
     raise StoreError(f"cannot open database {describe(url)!r}: {problem}")
+
+
+_PG_NO_DATABASE = re.compile(r'database "(?P<name>[^"]*)" does not exist')
+
+
+def open_error(url: URL, err: BaseException) -> str:
+    """Why the database at ``url`` cannot be opened, in one line the user can act on."""
+    why = reason(err)
+    missing = _PG_NO_DATABASE.search(why)
+    if missing and url.get_backend_name() == "postgresql":
+        server = f"{url.host or 'localhost'}:{url.port or 5432}"
+        return (f"cannot open database {describe(url)!r}: it does not exist (the server at {server} "
+                f"has no database {missing['name']!r}); create it first, e.g. "
+                f"createdb -h {url.host or 'localhost'} -p {url.port or 5432}"
+                f"{f' -U {url.username}' if url.username else ''} {missing['name']}")
+    return f"cannot open database {describe(url)!r}: {why}"
 
 
 def _ensure_wal(cursor: sqlite3.Cursor) -> None:

@@ -7,11 +7,31 @@ is closed, so nothing lazy-loads behind their back and nothing is shared between
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from nas.architecture import Architecture
 from nas.results import ProfileLatency
+
+
+HEARTBEAT_SECONDS = 5.0  # how often a live driver writes its heartbeat
+# A driver's heartbeat older than this means it is gone (killed, machine lost). Generous: a
+# database outage the driver waits out, or clocks a little apart on a cluster, must not read
+# as a lost driver.
+STALE_AFTER_SECONDS = 60.0
+
+
+def shown_status(status: str, heartbeat_at: datetime | None, now: datetime | None = None) -> str:
+    """The status readers see: a running or stopping search whose driver stopped beating is
+    ``driver lost`` (resume it with ``nas search``), whatever the last stored status says."""
+    from nas.store.tables import DRIVER_LOST, LIVE_STATUSES
+
+    if status not in LIVE_STATUSES:
+        return status
+    now = now or datetime.now(timezone.utc)
+    if heartbeat_at is None or (now - heartbeat_at).total_seconds() > STALE_AFTER_SECONDS:
+        return DRIVER_LOST
+    return status
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +48,9 @@ class SearchRecord:
     data: dict[str, Any]  # DataSpec.to_dict()
     budget: dict[str, Any]  # ProxyBudget.to_dict()
     trials: int  # trials budget
-    status: str  # running | stopping (stop requested) | stopped | finished | failed
+    # running | stopping (stop requested) | stopped | finished | failed | driver lost (a running
+    # or stopping search whose driver's heartbeat went stale; see `shown_status`)
+    status: str
     study_name: str  # the Optuna study in the same database
     reference_point: tuple[float, ...] | None  # hypervolume reference, fixed once
     error: str
@@ -36,6 +58,7 @@ class SearchRecord:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime  # last write to the search or any of its candidates
+    heartbeat_at: datetime | None = None  # last sign of life of its driver
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +71,15 @@ class SearchSummary:
     n_complete: int
     n_failed: int
     n_pruned: int
-    n_running: int
+    n_running: int  # in flight under a live driver
     front_size: int  # 0 before the first snapshot
     hypervolume: float | None  # None before the first snapshot
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    # Left running by a driver that stopped or died: re-run under the same trial number when
+    # the search is resumed, never counted as running.
+    n_interrupted: int = 0
 
 
 @dataclass(frozen=True, slots=True)

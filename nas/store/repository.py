@@ -22,9 +22,16 @@ from nas.results import CandidateResult, LatencyStats, ProfileLatency, to_jsonab
 from nas.store import engine as _engine
 from nas.store import migrate
 from nas.store.engine import retrying
-from nas.store.records import CandidateRecord, SearchRecord, SearchSummary, SnapshotRecord
+from nas.store.records import (
+    CandidateRecord,
+    SearchRecord,
+    SearchSummary,
+    SnapshotRecord,
+    shown_status,
+)
 from nas.store.tables import (
     CANDIDATE_STATES,
+    LIVE_STATUSES,
     SEARCH_STATUSES,
     Candidate,
     Latency,
@@ -50,17 +57,17 @@ class Store:
     """
 
     def __init__(self, url: str = _engine.DEFAULT_URL, *, retry_attempts: int = 5,
-                 retry_backoff_s: float = 0.5) -> None:
+                 retry_backoff_s: float = 0.5, must_exist: bool = False) -> None:
+        """``must_exist``: for readers; a missing SQLite file is a StoreError, not created."""
         self.retry_attempts = retry_attempts  # 5 attempts, 0.5 s doubling: ~7.5 s of outage
         self.retry_backoff_s = retry_backoff_s
         self._url = _engine.parse_url(url)
-        self.engine = _engine.create_store_engine(self._url)
+        self.engine = _engine.create_store_engine(self._url, must_exist=must_exist)
         try:
             migrate.upgrade(self.engine, self.describe_url())
         except DBAPIError as err:
             self.engine.dispose()
-            raise StoreError(f"cannot open database {self.describe_url()!r}: "
-                             f"{_engine.reason(err)}") from err
+            raise StoreError(_engine.open_error(self._url, err)) from err
         except BaseException:
             self.engine.dispose()
             raise
@@ -138,7 +145,7 @@ class Store:
                          constraints=list(constraints), data=dict(data), budget=dict(budget),
                          trials=trials, status="running", study_name=study_name,
                          reference_point=None, error="", created_at=now, started_at=now,
-                         finished_at=None, updated_at=now)
+                         finished_at=None, updated_at=now, heartbeat_at=now)
             session.add(row)
             session.flush()
             return _search_record(row)
@@ -161,7 +168,8 @@ class Store:
         with self._read() as session:
             searches = session.execute(
                 select(Search.id, Search.name, Search.status, Search.trials, Search.created_at,
-                       Search.updated_at, Search.finished_at).order_by(Search.created_at, Search.id)
+                       Search.updated_at, Search.finished_at, Search.heartbeat_at)
+                .order_by(Search.created_at, Search.id)
             ).all()
             counts: dict[int, dict[str, int]] = defaultdict(dict)
             for search_id, state, n in session.execute(
@@ -181,12 +189,16 @@ class Store:
         for row in searches:
             by_state = counts.get(row.id, {})
             hypervolume, front = fronts.get(row.id, (None, []))
+            status = shown_status(row.status, row.heartbeat_at)
+            in_flight = by_state.get("running", 0)
+            live = status in LIVE_STATUSES
             summaries.append(SearchSummary(
-                name=row.name, status=row.status, trials=row.trials,
+                name=row.name, status=status, trials=row.trials,
                 n_complete=by_state.get("complete", 0), n_failed=by_state.get("failed", 0),
-                n_pruned=by_state.get("pruned", 0), n_running=by_state.get("running", 0),
+                n_pruned=by_state.get("pruned", 0), n_running=in_flight if live else 0,
                 front_size=len(front), hypervolume=hypervolume, created_at=row.created_at,
-                updated_at=row.updated_at, finished_at=row.finished_at))
+                updated_at=row.updated_at, finished_at=row.finished_at,
+                n_interrupted=0 if live else in_flight))
         return summaries
 
     @retrying
@@ -198,11 +210,18 @@ class Store:
         with self._write() as session:
             row = _search_row(session, name)
             row.status, row.error, row.updated_at = status, error, now
-            if status in ("running", "stopping"):
+            if status in LIVE_STATUSES:
+                row.heartbeat_at = now  # set by the driver itself, or by a reader asking it to stop
                 row.started_at = row.started_at or now
                 row.finished_at = None
             else:
                 row.finished_at = now
+
+    @retrying
+    def heartbeat(self, name: str) -> None:
+        """The driver of ``name`` is alive (see `nas.store.records.shown_status`)."""
+        with self._write() as session:
+            _search_row(session, name).heartbeat_at = utcnow()
 
     @retrying
     def update_search(self, name: str, *, trials: int | None = None,
@@ -217,6 +236,53 @@ class Store:
             row.updated_at = utcnow()
             session.flush()
             return _search_record(row)
+
+    def delete_search(self, name: str) -> SearchRecord:
+        """Delete search ``name``, its candidates (metrics, latencies, weights), snapshots and
+        its Optuna study; return what was deleted. NotFoundError if there is no such search.
+
+        The study goes first: a study left behind would be loaded (``load_if_exists``) by the
+        next search of that name and feed it the old trials. Latency rows belong to one
+        candidate each (a search that reused a cached latency stored its own copy), so no
+        other search loses anything; the cache forgets the shapes only this search timed.
+        Callers refuse to delete a search whose driver is alive (it would write on).
+        """
+        record = self.get_search(name)
+        self._delete_study(record.study_name)
+        self._delete_search_rows(name)
+        return record
+
+    def _delete_study(self, study_name: str) -> None:
+        if _engine.is_memory(self._url):
+            return  # Optuna cannot share an in-memory database: there is no study
+        import optuna
+
+        storage = self.optuna_storage()
+        try:
+            optuna.delete_study(study_name=study_name, storage=storage)
+        except KeyError:
+            pass  # never created (the driver failed first) or deleted by an earlier attempt
+        finally:
+            storage.remove_session()
+            storage.engine.dispose()
+
+    @retrying
+    def _delete_search_rows(self, name: str) -> None:
+        """One transaction; children explicitly, not through ON DELETE CASCADE, which SQLite
+        enforces only on connections with foreign keys on."""
+        with self._write() as session:
+            search_id = session.scalar(select(Search.id).where(Search.name == name))
+            if search_id is None:
+                return  # a retry after a lost commit acknowledgement: already gone
+            ids = select(Candidate.id).where(Candidate.search_id == search_id)
+            for table in (Metric, Latency, Weights):
+                session.execute(delete(table).where(table.candidate_id.in_(ids))
+                                .execution_options(synchronize_session=False))
+            for table in (Candidate, ParetoSnapshot):
+                session.execute(delete(table).where(table.search_id == search_id)
+                                .execution_options(synchronize_session=False))
+            session.execute(delete(Search).where(Search.id == search_id)
+                            .execution_options(synchronize_session=False))
 
     # ----- candidates: writes -------------------------------------------------------------
     @retrying
@@ -492,10 +558,10 @@ def _search_record(row: Search) -> SearchRecord:
         id=row.id, name=row.name, space=row.space, space_hash=row.space_hash,
         profiles=tuple(row.profiles), objectives=tuple((m, d) for m, d in row.objectives),
         constraints=tuple(row.constraints), data=row.data, budget=row.budget, trials=row.trials,
-        status=row.status, study_name=row.study_name,
+        status=shown_status(row.status, row.heartbeat_at), study_name=row.study_name,
         reference_point=None if row.reference_point is None else tuple(row.reference_point),
         error=row.error, created_at=row.created_at, started_at=row.started_at,
-        finished_at=row.finished_at, updated_at=row.updated_at)
+        finished_at=row.finished_at, updated_at=row.updated_at, heartbeat_at=row.heartbeat_at)
 
 
 def _snapshot_record(row: Any) -> SnapshotRecord:

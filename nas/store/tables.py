@@ -35,6 +35,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 SEARCH_STATUSES: tuple[str, ...] = ("running", "stopping", "stopped", "finished", "failed")
+LIVE_STATUSES: tuple[str, ...] = ("running", "stopping")  # a driver should be beating
+DRIVER_LOST = "driver lost"  # what readers see for a live status whose heartbeat went stale
 CANDIDATE_STATES: tuple[str, ...] = ("running", "complete", "failed", "pruned")
 
 # Deterministic constraint names: Alembic can only alter or drop what it can name,
@@ -131,6 +133,9 @@ class Search(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]  # any write to the search or its candidates: readers poll it
+    # Written every few seconds by a live driver (not a change readers need to redraw for);
+    # a running or stopping search whose heartbeat is stale has lost its driver.
+    heartbeat_at: Mapped[datetime | None]
 
 
 class Candidate(Base):

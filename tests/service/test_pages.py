@@ -259,3 +259,16 @@ def test_documented(row_id, client):
     shown = re.search(r'<p class="error-message">(.*?)</p>', r.text, re.DOTALL)
     assert shown, r.text
     assert_documented(row_id, r.status_code, unescape(shown.group(1)))
+
+
+def test_a_search_whose_driver_was_lost_says_so(client, monkeypatch):
+    """'live' is stored as running with one trial in flight; once its heartbeat is stale the
+    pages and the API say 'driver lost' and count the trial as interrupted, not running."""
+    monkeypatch.setattr("nas.store.records.STALE_AFTER_SECONDS", -1.0)
+    html = client.get("/", headers=HTML).text
+    assert "status-driver-lost" in html and "1 interrupted" in html
+    page = client.get("/searches/live", headers=HTML).text
+    assert 'class="badge status-driver-lost">driver lost<' in page
+    listed = {s["name"]: s for s in client.get("/api/searches").json()}
+    assert listed["live"]["status"] == "driver lost"
+    assert (listed["live"]["n_running"], listed["live"]["n_interrupted"]) == (0, 1)

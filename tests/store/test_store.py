@@ -15,6 +15,7 @@ from nas.errors import NotFoundError, StoreError
 from nas.results import CandidateResult
 from nas.store import Store
 from nas.store.migrate import VERSION_TABLE, include_name
+from nas.store.records import STALE_AFTER_SECONDS
 from nas.store.tables import Base, Candidate, Latency, Metric, Search, Weights
 
 from .factories import latency, result
@@ -46,6 +47,30 @@ class TestStore:
         new_search("s2")
         with pytest.raises(NotFoundError, match=r"no search named 'nope' \(existing: s1, s2\)"):
             store.get_search("nope")
+
+    def test_a_stale_heartbeat_reads_as_driver_lost(self, store, new_search):
+        new_search("s1")
+        store.start_candidate("s1", 0, ARCH)
+        live = store.list_searches()[0]
+        assert (live.status, live.n_running, live.n_interrupted) == ("running", 1, 0)
+        # The driver dies: its last beat ages past the limit while the row still says running.
+        stale = datetime.now(timezone.utc) - timedelta(seconds=STALE_AFTER_SECONDS + 5)
+        with store.engine.begin() as conn:
+            conn.execute(Search.__table__.update().values(heartbeat_at=stale))
+        assert store.get_search("s1").status == "driver lost"
+        lost = store.list_searches()[0]
+        assert (lost.status, lost.n_running, lost.n_interrupted) == ("driver lost", 0, 1)
+        # A driver that died while stopping is lost too, not "stopping" forever.
+        store.set_status("s1", "stopping")
+        with store.engine.begin() as conn:
+            conn.execute(Search.__table__.update().values(heartbeat_at=stale))
+        assert store.get_search("s1").status == "driver lost"
+        store.heartbeat("s1")  # a resumed driver beats again
+        assert store.get_search("s1").status == "stopping"
+        # A stopped search's left-running trial is interrupted, never "running".
+        store.set_status("s1", "stopped")
+        stopped = store.list_searches()[0]
+        assert (stopped.status, stopped.n_running, stopped.n_interrupted) == ("stopped", 0, 1)
 
     def test_set_status_and_update_search(self, store, new_search):
         new_search("s1")

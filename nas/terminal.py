@@ -1,0 +1,225 @@
+"""Rich and Typer plumbing for the `nas` command line: consoles, tables, progress displays.
+
+Output that is piped or redirected is read by programs (``nas ls | grep finished``) and
+copied from logs, so it is never cut to the terminal's width: no ellipses, and a URL or a
+command is never broken across lines. A terminal gets Rich's usual fitting tables.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperCommand, TyperGroup, TyperOption
+
+UNLIMITED_WIDTH = 100_000  # "no limit" for Rich, which needs a number; tables take what they need
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console for stdout (or stderr) as it is now: a terminal, or a pipe with no width limit."""
+    stream = sys.stderr if stderr else sys.stdout
+    if _is_terminal(stream):
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=UNLIMITED_WIDTH, soft_wrap=True)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or fake stream
+        return False
+
+
+def table(console: Console, *columns: str, title: str | None = None,
+          right: tuple[str, ...] = ()) -> Table:
+    """A table whose cells are never truncated when the console is not a terminal."""
+    # Piped, the console is unlimited (`make_console`), so nothing is ever folded or cut; a
+    # terminal folds long cells onto more lines rather than ending them with an ellipsis.
+    grid = Table(title=title)
+    for name in columns:
+        grid.add_column(name, justify="right" if name in right else "left",
+                        no_wrap=not console.is_terminal, overflow="fold")
+    return grid
+
+
+def searches_table(console: Console, searches: list[Any]) -> Table:
+    """`nas ls`: one row per `SearchSummary`."""
+    grid = table(console, "name", "status", "done", "failed", "running", "trials", "front",
+                 "hypervolume", "created",
+                 right=("done", "failed", "running", "trials", "front", "hypervolume"))
+    for s in searches:
+        grid.add_row(s.name, s.status, str(s.n_complete), str(s.n_failed), str(s.n_running),
+                     str(s.trials), str(s.front_size),
+                     f"{s.hypervolume:.4g}" if s.hypervolume is not None else "-",
+                     f"{s.created_at:%Y-%m-%d %H:%M}")
+    return grid
+
+
+def summary_json(s: Any) -> dict[str, Any]:
+    """`nas ls --json`: a `SearchSummary` with ISO 8601 timestamps."""
+    import dataclasses
+
+    out = dataclasses.asdict(s)
+    for key, value in out.items():
+        if hasattr(value, "isoformat"):
+            out[key] = value.isoformat()
+    return out
+
+
+def front_table(console: Console, analysis: Any) -> Table:
+    """`nas show`: the front of a `FrontAnalysis` by its first objective, the knee marked."""
+    objectives = analysis.metrics[:4]
+    grid = table(console, "trial", "architecture", "params", *objectives,
+                 title=f"Pareto front of {escape(analysis.search.name)} ({len(analysis.front)} "
+                       "candidates)", right=("trial", "params", *objectives))
+    for r in analysis.front:
+        marker = " (knee)" if r.id == analysis.knee_id else ""
+        grid.add_row(f"{r.trial_number}{marker}", r.architecture.describe(),
+                     f"{r.architecture.n_params:,}", *[f"{r.metrics[m]:.4g}" for m in objectives])
+    return grid
+
+
+def trials_table(console: Console, analysis: Any) -> Table:
+    """`nas show --all`: every trial with where it stands (front, knee, dominated, infeasible)
+    or its state (failed, running, pruned) and error."""
+    objectives = analysis.metrics[:4]
+    where = {r.id: i for i, r in enumerate(analysis.complete)}
+    grid = table(console, "trial", "state", "architecture", "params", *objectives, "error",
+                 title=f"Trials of {escape(analysis.search.name)} ({len(analysis.candidates)}; "
+                       f"{len(analysis.front)} on the front)", right=("trial", "params", *objectives))
+    for r in analysis.candidates:
+        i = where.get(r.id)
+        if i is None:
+            state = r.state
+        elif analysis.on_front[i]:
+            state = "front (knee)" if r.id == analysis.knee_id else "front"
+        elif r.id not in analysis.front_ids and _repeat(analysis, r):
+            state = "repeat"
+        else:
+            state = "dominated" if analysis.feasible[i] else "infeasible"
+        values = [f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in objectives]
+        grid.add_row(str(r.trial_number), state, r.architecture.describe(),
+                     f"{r.architecture.n_params:,}", *values, r.error)
+    return grid
+
+
+def _repeat(analysis: Any, record: Any) -> bool:
+    """A later trial of an architecture already evaluated: it is never ranked on its own."""
+    first = next(r for r in analysis.complete if r.arch_hash == record.arch_hash)
+    return first.id != record.id
+
+
+def empty_front_message(analysis: Any) -> str:
+    """Why a front is empty, for stderr (the output stays parseable)."""
+    name, n = analysis.search.name, len(analysis.complete)
+    if not n:
+        return f"search {name!r} has no Pareto front yet: no trial is complete"
+    return (f"search {name!r} has no Pareto front: none of its {n} complete trials meets the "
+            f"constraints {list(analysis.search.constraints)}")
+
+
+class _NoFlagMetavar:
+    """Typer prints ``<bool>`` as the value of every flag (``--json <bool>``, even
+    ``--help <bool>``), though a flag takes no value: show none."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_NoFlagMetavar, TyperCommand):
+    """A `nas` command: flags without a metavar in their help."""
+
+
+class Group(_NoFlagMetavar, TyperGroup):
+    """The `nas` group: flags without a metavar in its help."""
+
+
+class App(typer.Typer):
+    """Every ``@app.command()`` gets `Command` unless it names another class."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
+
+class LiveProgress:
+    """`nas search`'s progress: done/total, running, failed, front size, hypervolume, ETA.
+
+    A live bar on a terminal (or with $NAS_FORCE_PROGRESS), else one line per change.
+    """
+
+    def __init__(self, console: Console, name: str, total: int, enabled: bool) -> None:
+        self.console = console
+        self.enabled = enabled and (console.is_terminal or bool(os.environ.get("NAS_FORCE_PROGRESS")))
+        self.name, self.total = name, total
+        self._last: tuple[int, int] | None = None
+
+    def __enter__(self) -> Callable[[Any], None]:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        if not self.enabled:
+            return self._plain
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("running {task.fields[running]} · failed {task.fields[failed]} · "
+                       "front {task.fields[front]} · HV {task.fields[hv]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
+            transient=False)
+        self.bar.__enter__()
+        self.task = self.bar.add_task(self.name, total=self.total, running=0, failed=0, front=0, hv="-")
+        return self._update
+
+    def _update(self, p: Any) -> None:
+        hv = f"{p.hypervolume:.4g}" if p.hypervolume is not None else "-"
+        self.bar.update(self.task, completed=p.done, total=p.total, running=p.running, failed=p.failed,
+                        front=p.front, hv=hv)
+
+    def _plain(self, p: Any) -> None:
+        key = (p.done, p.failed)
+        if self._last != key:
+            self._last = key
+            hv = f"{p.hypervolume:.4g}" if p.hypervolume is not None else "-"
+            self.console.print(f"{p.done}/{p.total} done, {p.running} running, {p.failed} failed, "
+                               f"front {p.front}, HV {hv}", highlight=False)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+class ExportProgress:
+    """`nas export`'s stage lines, and a transient bar while --train-tokens trains."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def __enter__(self) -> Callable[[str, int, int, str], None]:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+                            transient=True)
+        self.task: Any = None
+        self.bar.__enter__()
+        return self._update
+
+    def _update(self, stage: str, done: int, total: int, detail: str) -> None:
+        if stage != "train":
+            self.bar.console.print(f"  {stage}...", highlight=False)
+            return
+        if self.task is None:
+            self.task = self.bar.add_task("training", total=total, detail="")
+        self.bar.update(self.task, completed=done, total=total, detail=detail)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
