@@ -244,8 +244,8 @@ def check_exportable(candidate: CandidateRecord) -> None:
         return
     what = "is still running" if candidate.state == "running" else f"is {candidate.state}"
     error = f": {candidate.error}" if candidate.error else ""
-    raise NotExportableError(f"candidate {candidate.id} (search {candidate.search!r}, trial "
-                             f"{candidate.trial_number}) {what}{error}; only complete candidates "
+    raise NotExportableError(f"trial {candidate.trial_number} of search {candidate.search!r} "
+                             f"(candidate {candidate.id}) {what}{error}; only complete candidates "
                              "can be exported", candidate.state)
 
 
@@ -408,8 +408,8 @@ def export_candidate(store: Store, search: SearchRecord | str, candidate: Candid
     search = store.get_search(search) if isinstance(search, str) else search
     candidate = store.candidate(candidate) if isinstance(candidate, int) else candidate
     if candidate.search != search.name:
-        raise ExportError(f"candidate {candidate.id} belongs to search {candidate.search!r}, "
-                          f"not {search.name!r}")
+        raise ExportError(f"candidate {candidate.id} (trial {candidate.trial_number}) belongs to "
+                          f"search {candidate.search!r}, not {search.name!r}")
     check_exportable(candidate)
     if train_tokens is not None and train_tokens < 1:
         raise ConfigError(f"--train-tokens={train_tokens} must be >= 1", field="--train-tokens",
@@ -534,7 +534,8 @@ def _proxy_model(store: Store, search: SearchRecord, candidate: CandidateRecord,
         try:
             model = weights_from_bytes(arch, store.weights(candidate.id))
         except ValueError as err:
-            raise ExportError(f"candidate {candidate.id}: stored weights are unusable: {err}") from err
+            raise ExportError(f"trial {candidate.trial_number} of search {candidate.search!r}: "
+                              f"stored weights are unusable: {err}") from err
         return model, {"source": "proxy run (weights stored by the search)"}
     # The worker's weights were not kept (e.g. a result from before they were stored): repeat
     # the proxy run. Same budget, data and seed; identical up to thread-count rounding effects.
@@ -542,7 +543,7 @@ def _proxy_model(store: Store, search: SearchRecord, candidate: CandidateRecord,
     trained = train(arch, budget, _token_data(search), seed=_seed(search),
                     progress=_train_progress(progress))
     if trained.result.status == "diverged":
-        raise ExportError(f"re-running the proxy run of candidate {candidate.id} diverged: "
+        raise ExportError(f"re-running the proxy run of trial {candidate.trial_number} diverged: "
                           f"{trained.result.reason}")
     return trained.model, {"source": "proxy run repeated at export (weights were not stored)",
                            "rebuilt_val_loss": trained.result.val_loss}

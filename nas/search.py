@@ -409,6 +409,9 @@ class SearchDriver:
         # not leave a record behind that a corrected re-run would then refuse to resume.
         self.space.check_profiles(req.profiles)  # also for a request not built by resolve_profiles
         existing = self._check_existing()
+        self._reference = existing.reference_point if existing is not None else None
+        if existing is not None and self._nothing_to_do():
+            return self._close_without_work(started)
         data = self._prepare_data()
         if req.ray_address:
             check_ray_address(req.ray_address)
@@ -483,6 +486,21 @@ class SearchDriver:
         self._shutdown_ray(ray)
         front = self._front_records()
         return SearchOutcome(req.name, status, self.progress.done - self.progress.failed,
+                             self.progress.failed, front, self.progress.hypervolume,
+                             time.monotonic() - started)
+
+    def _nothing_to_do(self) -> bool:
+        """A resumed search that already holds its budget, with nothing left running."""
+        self._load_finished()
+        return self._budget_left() <= 0 and not self.store.running_trials(self.request.name)
+
+    def _close_without_work(self, started: float) -> SearchOutcome:
+        """Finish it without starting Ray or preparing data; Optuna is still repaired."""
+        self._repair_study(self._open_study())
+        self.store.update_search(self.request.name, trials=self.request.effective_trials)
+        self.store.set_status(self.request.name, "finished")
+        front = self._front_records()
+        return SearchOutcome(self.request.name, "finished", self.progress.done - self.progress.failed,
                              self.progress.failed, front, self.progress.hypervolume,
                              time.monotonic() - started)
 

@@ -59,7 +59,7 @@ def test_stopped_then_resumed_search_draws_new_architectures(tmp_path):
     assert len(hashes) == 5 and len(set(hashes)) == 5, hashes
 
 
-def test_budget_larger_than_the_space_evaluates_each_architecture_once(tmp_path):
+def test_budget_larger_than_the_space_evaluates_each_architecture_once(tmp_path, monkeypatch):
     db = f"sqlite:///{tmp_path / 'nas.db'}"
     store = Store(db)
     request = SearchRequest(space=load_space(DATA / "three-archs.yaml"), name="t", profiles=PROFILES,
@@ -81,7 +81,8 @@ def test_budget_larger_than_the_space_evaluates_each_architecture_once(tmp_path)
             assert t.state == optuna.trial.TrialState.COMPLETE
             assert t.values == request.space.objective_values(original.metrics)
     assert_optuna_agrees(store, "t")
-    # Resuming a search that has every architecture of its space trains nothing.
+    # Resuming a search that has every architecture of its space trains nothing: not even Ray starts.
+    monkeypatch.setattr(SearchDriver, "_start_ray", lambda self: pytest.fail("Ray started"))
     again = SearchDriver(request, store).run()
     assert again.status == "finished" and len(store.candidates("t")) == 3
 

@@ -150,10 +150,10 @@ def test_report_and_serve_commands(shared_store, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert served["host"] == "127.0.0.1" and served["port"] == 8123
 
-    result = CliRunner().invoke(app, ["serve", "--db", db, "--host", "0.0.0.0"])
+    result = CliRunner().invoke(app, ["serve", "--db", db, "--host", "0.0.0.0", "--port", "8123"])
     assert isinstance(result.exception, ConfigError) and "refusing to bind" in str(result.exception)
     monkeypatch.setenv("NAS_TOKEN", "t0k")
-    result = CliRunner().invoke(app, ["serve", "--db", db, "--host", "0.0.0.0"])
+    result = CliRunner().invoke(app, ["serve", "--db", db, "--host", "0.0.0.0", "--port", "8123"])
     assert result.exit_code == 0 and served["host"] == "0.0.0.0"
     assert "token required" in result.output
 
