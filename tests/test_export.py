@@ -357,7 +357,7 @@ def test_pick_bad_input_says_what_exists(env: Env) -> None:
 
 # ----- refusals and atomicity ------------------------------------------------------------------
 def test_failed_and_running_candidates_are_refused(env: Env, tmp_path: Path) -> None:
-    with pytest.raises(NotExportableError, match=r"trial 9\) is failed: training loss nan at step 3"):
+    with pytest.raises(NotExportableError, match=r"trial 9 of search .* is failed: training loss nan at step 3"):
         _export(env, FAILED, tmp_path / "failed")
     with pytest.raises(NotExportableError, match=r"is still running"):
         _export(env, RUNNING, tmp_path / "running")
