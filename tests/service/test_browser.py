@@ -51,8 +51,8 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-@pytest.fixture
-def browser(tmp_path):
+def _chromium(tmp_path, profile: str, *flags: str):
+    """A real headless Chromium (skips without Debian's chromium and chromium-driver)."""
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.skip("needs Debian's chromium and chromium-driver "
                     "(apt-get install chromium chromium-driver; .ci/run installs them)")
@@ -62,11 +62,17 @@ def browser(tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-dev-shm-usage", "--window-size=1400,1100",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+                 "--disable-dev-shm-usage", "--window-size=1400,1100", *flags,
+                 f"--user-data-dir={tmp_path / profile}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = _chromium(tmp_path, "chromium-profile")
     yield driver
     driver.quit()
 
@@ -234,20 +240,7 @@ def click_first_front_marker(browser) -> dict:
 @pytest.fixture
 def offline_browser(tmp_path):
     """Chromium that cannot resolve any host but 127.0.0.1: a CDN asset would not load."""
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip("needs Debian's chromium and chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-dev-shm-usage", "--window-size=1400,1100",
-                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-                 f"--user-data-dir={tmp_path / 'chromium-offline'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    driver = _chromium(tmp_path, "chromium-offline", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
     yield driver
     driver.quit()
 
