@@ -21,13 +21,14 @@ Counting conventions (exact, closed form, tested against the built module):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from nas.errors import ArchitectureError
+from nas.util import stable_hash
 
 AttentionKind = Literal["softmax", "sliding_window", "linear"]
 ATTENTION_KINDS: tuple[str, ...] = ("softmax", "sliding_window", "linear")
@@ -196,7 +197,7 @@ class Architecture:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> "Architecture":
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> Architecture:
         """Build from a mapping; unknown keys and wrong types are errors naming the key."""
         if not isinstance(data, Mapping):
             raise ArchitectureError(f"an architecture must be a mapping, got {type(data).__name__}",
@@ -216,7 +217,7 @@ class Architecture:
             raise
 
     @classmethod
-    def from_json(cls, text: str, source: str | None = None) -> "Architecture":
+    def from_json(cls, text: str, source: str | None = None) -> Architecture:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -226,8 +227,7 @@ class Architecture:
     @property
     def hash(self) -> str:
         """Stable across processes and machines: sha256 of the canonical JSON."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return stable_hash(self.to_dict())
 
     def describe(self) -> str:
         """A short human label, e.g. ``L4 d64 h4/kv2 ffn4 sliding_window(32) repeat:2 tied``."""
@@ -239,6 +239,7 @@ class Architecture:
 
 # ----- validation ------------------------------------------------------------------------
 _INT_FIELDS = ("n_layer", "d_model", "n_head", "n_kv_head", "vocab_size", "max_seq_len")
+_CHECK_ORDER = (*_INT_FIELDS, "ffn_mult", "attention", "window", "sharing", "tie_embeddings")
 
 
 def _fail(field: str, value: Any, reason: str) -> None:
@@ -249,27 +250,44 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _validate(arch: Architecture) -> None:
-    """Each field's own value first, then the relations between fields: the first error
-    reported is then the real one (``attention='bogus'`` is not blamed on ``n_kv_head``)."""
-    for name in _INT_FIELDS:
-        value = getattr(arch, name)
+def check_field(name: str, value: Any) -> Any:
+    """One field's own value, leaving out its relations to the other fields; returns the
+    canonical value (``ffn_mult`` as a float). A search space checks every value it lists
+    with this (`nas.space`), so a field has one rule wherever it is written."""
+    if name in _INT_FIELDS:
         if not _is_int(value):
             _fail(name, value, "must be an integer")
         if value < 1:
             _fail(name, value, "must be >= 1")
-    if arch.vocab_size < 2:
-        _fail("vocab_size", arch.vocab_size, "must be >= 2")
-    if (not isinstance(arch.ffn_mult, float) or not math.isfinite(arch.ffn_mult)
-            or arch.ffn_mult <= 0):
-        _fail("ffn_mult", arch.ffn_mult, "must be a positive number")
-    if not isinstance(arch.attention, str) or arch.attention not in ATTENTION_KINDS:
-        _fail("attention", arch.attention, f"must be one of {', '.join(ATTENTION_KINDS)}")
-    if arch.window is not None and (not _is_int(arch.window) or arch.window < 1):
-        _fail("window", arch.window, "must be a positive integer")
+        if name == "vocab_size" and value < 2:
+            _fail(name, value, "must be >= 2")
+    elif name == "ffn_mult":
+        if _is_int(value):
+            value = float(value)
+        if not isinstance(value, float) or not math.isfinite(value) or value <= 0:
+            _fail(name, value, "must be a positive number")
+    elif name == "attention":
+        if not isinstance(value, str) or value not in ATTENTION_KINDS:
+            _fail(name, value, f"must be one of {', '.join(ATTENTION_KINDS)}")
+    elif name == "window":
+        if value is not None and (not _is_int(value) or value < 1):
+            _fail(name, value, "must be a positive integer")
+    elif name == "sharing":
+        _sharing_k(value)
+    elif name == "tie_embeddings":
+        if not isinstance(value, bool):
+            _fail(name, value, "must be true or false")
+    else:
+        raise KeyError(name)
+    return value
+
+
+def _validate(arch: Architecture) -> None:
+    """Each field's own value first, then the relations between fields: the first error
+    reported is then the real one (``attention='bogus'`` is not blamed on ``n_kv_head``)."""
+    for name in _CHECK_ORDER:
+        check_field(name, getattr(arch, name))
     sharing_k = _sharing_k(arch.sharing)
-    if not isinstance(arch.tie_embeddings, bool):
-        _fail("tie_embeddings", arch.tie_embeddings, "must be true or false")
     # Relations between fields.
     if arch.d_model % arch.n_head:
         _fail("n_head", arch.n_head, f"must divide d_model={arch.d_model}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from nas import pareto
 from nas.errors import ConfigError
-from nas.pareto import Objective
+from nas.objectives import Constraint, Objective, is_feasible
 
 if TYPE_CHECKING:
     from nas.store import CandidateRecord, SearchRecord, Store
@@ -60,9 +60,9 @@ class FrontAnalysis:
 def analyze(search: SearchRecord, records: Sequence[CandidateRecord]) -> FrontAnalysis:
     """The front of ``search`` among ``records`` (any states; only complete ones are ranked).
 
-    Feasibility comes from the search's own stored space, so a constraint means the same
-    here as it did to the driver. A stored space this code can no longer read is reported in
-    ``warnings`` and every candidate counts as feasible, rather than hiding the search.
+    Feasibility comes from the search's own stored constraints, so a constraint means the
+    same here as it did to the driver. A stored constraint this code can no longer read is
+    reported in ``warnings`` and every candidate counts as feasible, rather than hiding it.
     """
     objectives = tuple(Objective.parse((m, d)) for m, d in search.objectives)
     metrics = [o.metric for o in objectives]
@@ -107,15 +107,17 @@ def load_front(store: Store, name: str) -> FrontAnalysis:
 
 def _feasibility(search: SearchRecord,
                  complete: Sequence[CandidateRecord]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Each complete candidate against the search's stored constraints (their canonical text,
+    parsed by `nas.objectives`). A stored bound this code can no longer read is a warning and
+    every candidate counts as feasible, rather than hiding the search."""
     if not search.constraints:
         return np.ones(len(complete), dtype=bool), ()
-    from nas.space import SearchSpace
-
     try:
-        space = SearchSpace.from_dict(search.space, source=f"search {search.name}")
+        constraints = [Constraint.parse(text) for text in search.constraints]
     except ConfigError as err:
         return (np.ones(len(complete), dtype=bool),
-                (f"constraints not checked: the stored search space cannot be read ({err})",))
+                (f"constraints not checked: a stored constraint of search {search.name} cannot "
+                 f"be read ({err.value!r} {err})",))
     # A complete candidate lacking a constrained metric is not known to violate it.
-    return np.array([all(v <= 0 for v in space.constraint_values(r.metrics, partial=True))
-                     for r in complete], dtype=bool), ()
+    return np.array([is_feasible(constraints, r.metrics, partial=True) for r in complete],
+                    dtype=bool), ()

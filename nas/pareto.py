@@ -18,75 +18,16 @@ No Optuna, no torch: the service and the plots call this on data read from the s
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
-from typing import Any, Literal, Mapping, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from nas.errors import ConfigError
+from nas.objectives import DIRECTION_ALIASES, Objective
 
-Direction = Literal["min", "max"]
-_DIRECTION_ALIASES = {"min": "min", "minimize": "min", "max": "max", "maximize": "max"}
 # Rows compared at once in the O(m n^2) paths: bounds temporary memory to ~32 MB.
 _CHUNK_ELEMENTS = 1 << 22
-
-
-@dataclass(frozen=True)
-class Objective:
-    """A named metric and whether lower (``min``) or higher (``max``) is better."""
-
-    metric: str
-    direction: Direction = "min"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.metric, str) or not self.metric.strip():
-            raise ConfigError(f"objective metric={self.metric!r} must be a non-empty string",
-                              field="objectives", value=self.metric)
-        direction = (_DIRECTION_ALIASES.get(self.direction.lower())
-                     if isinstance(self.direction, str) else None)
-        if direction is None:
-            raise ConfigError(f"objectives.{self.metric}={self.direction!r} must be 'min' or 'max'",
-                              field=f"objectives.{self.metric}", value=self.direction)
-        object.__setattr__(self, "direction", direction)
-
-    @classmethod
-    def parse(cls, spec: Any) -> Objective:
-        """From ``"val_loss:min"``, ``{"val_loss": "min"}``, ``{"metric":..., "direction":...}``,
-        a ``(metric, direction)`` pair or an `Objective`.
-
-        The direction is split off the *last* colon, so ``"latency:cpu-1t:decode_ms:min"`` works.
-        """
-        if isinstance(spec, Objective):
-            return spec
-        if isinstance(spec, str):
-            metric, sep, direction = spec.rpartition(":")
-            if not sep or direction.lower() not in _DIRECTION_ALIASES:
-                raise ConfigError(f"objective={spec!r} must look like 'metric:min' or 'metric:max'",
-                                  field="objectives", value=spec)
-            return cls(metric, direction)  # type: ignore[arg-type]
-        if isinstance(spec, Mapping):
-            if set(spec) == {"metric", "direction"}:
-                return cls(spec["metric"], spec["direction"])
-            if len(spec) == 1:
-                ((metric, direction),) = spec.items()
-                return cls(metric, direction)
-        if isinstance(spec, (tuple, list)) and len(spec) == 2:
-            return cls(spec[0], spec[1])
-        raise ConfigError(f"objective={spec!r} must be 'metric:min|max' or {{metric: min|max}}",
-                          field="objectives", value=spec)
-
-    @property
-    def sign(self) -> float:
-        """Multiplier that turns the metric into a loss (lower is better)."""
-        return 1.0 if self.direction == "min" else -1.0
-
-    @property
-    def optuna_direction(self) -> str:
-        return "minimize" if self.direction == "min" else "maximize"
-
-    def __str__(self) -> str:
-        return f"{self.metric}:{self.direction}"
-
 
 DirectionsLike = Sequence["str | Objective"]
 
@@ -107,7 +48,7 @@ def _signs(directions: DirectionsLike) -> np.ndarray:
         if isinstance(d, Objective):
             signs.append(d.sign)
             continue
-        key = _DIRECTION_ALIASES.get(d.lower()) if isinstance(d, str) else None
+        key = DIRECTION_ALIASES.get(d.lower()) if isinstance(d, str) else None
         if key is None:
             raise ConfigError(f"direction={d!r} must be 'min' or 'max'", field="directions", value=d)
         signs.append(1.0 if key == "min" else -1.0)
@@ -146,25 +87,6 @@ def _feasibility(n: int, feasible: Any, violation: Any) -> tuple[np.ndarray, np.
     else:
         feas = np.ones(n, dtype=bool)
     return feas, viol
-
-
-def total_violation(constraints: Any) -> np.ndarray:
-    """Per row, the sum of the positive constraint values (Optuna's penalty; <= 0 is feasible).
-
-    ``constraints`` is ``(n, k)`` in Optuna's convention (a value <= 0 means satisfied); NaN
-    counts as an infinite violation.
-    """
-    c = np.asarray(constraints, dtype=float)
-    if c.ndim == 1:
-        c = c.reshape(-1, 1)
-    c = np.where(np.isnan(c), np.inf, c)
-    return np.clip(c, 0.0, None).sum(axis=1)
-
-
-def dominates(a: Sequence[float], b: Sequence[float], directions: DirectionsLike) -> bool:
-    """Whether point ``a`` dominates point ``b``."""
-    la, lb = _loss([a], directions)[0], _loss([b], directions)[0]
-    return bool(np.all(la <= lb) and np.any(la < lb))
 
 
 # ----- non-dominated sorting -------------------------------------------------------------
@@ -353,27 +275,6 @@ def hypervolume(values: Any, directions: DirectionsLike, reference: Sequence[flo
         return 0.0
     front = np.unique(inside[_first_front_mask(inside)], axis=0)
     return _hv(front, ref)
-
-
-def hypervolume_history(values: Any, directions: DirectionsLike, reference: Sequence[float],
-                        feasible: Any = None, violation: Any = None) -> list[float]:
-    """Hypervolume of the feasible points among the first k, for k = 1..n (in the given order,
-    e.g. trial number): how the front grew. Recomputed only when a point enlarges the front."""
-    loss = _loss(values, directions)
-    feas, _ = _feasibility(loss.shape[0], feasible, violation)
-    signs = _signs(directions)
-    ref = np.asarray(reference, dtype=float).reshape(-1) * signs
-    history: list[float] = []
-    front = np.empty((0, loss.shape[1]))
-    current = 0.0
-    for k in range(loss.shape[0]):
-        p = loss[k]
-        if feas[k] and np.all(p < ref) and not np.any(np.all(front <= p, axis=1)):
-            keep = ~np.all(p <= front, axis=1)  # drop points the newcomer weakly dominates
-            front = np.vstack([front[keep], p])
-            current = _hv(front, ref)
-        history.append(current)
-    return history
 
 
 def reference_point(values: Any, directions: DirectionsLike, margin: float = 0.1) -> np.ndarray:

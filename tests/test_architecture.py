@@ -64,17 +64,28 @@ def test_n_kv_head_defaults_to_n_head_everywhere():
     assert arch.n_kv_head == 2
     assert Architecture(n_head=8, d_model=64).n_kv_head == 8
     assert Architecture.from_json(arch.to_json()) == arch  # resolved value round-trips
-    assert Architecture(n_head=2, d_model=32, n_kv_head=None) == Architecture(n_head=2, d_model=32, n_kv_head=2)
+    assert Architecture(n_head=2, d_model=32, n_kv_head=None) == Architecture(
+        n_head=2, d_model=32, n_kv_head=2
+    )
 
 
-@pytest.mark.parametrize("data, message", [
-    # A field's own value is checked before any relation between fields.
-    ({"n_layer": 1, "d_model": 32, "n_head": 2, "attention": "bogus"}, "attention='bogus' must be one of"),
-    ({"d_model": 32, "n_head": 2, "n_kv_head": 4, "attention": "bogus"}, "attention='bogus' must be one of"),
-    ({"d_model": 48, "n_head": 5, "ffn_mult": -1}, "ffn_mult=-1.0 must be a positive number"),
-    ({"n_layer": 3, "n_kv_head": 3, "sharing": "sometimes"}, "sharing='sometimes' must be"),
-    ({"attention": "softmax", "window": 0}, "window=0 must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        # A field's own value is checked before any relation between fields.
+        (
+            {"n_layer": 1, "d_model": 32, "n_head": 2, "attention": "bogus"},
+            "attention='bogus' must be one of",
+        ),
+        (
+            {"d_model": 32, "n_head": 2, "n_kv_head": 4, "attention": "bogus"},
+            "attention='bogus' must be one of",
+        ),
+        ({"d_model": 48, "n_head": 5, "ffn_mult": -1}, "ffn_mult=-1.0 must be a positive number"),
+        ({"n_layer": 3, "n_kv_head": 3, "sharing": "sometimes"}, "sharing='sometimes' must be"),
+        ({"attention": "softmax", "window": 0}, "window=0 must be a positive integer"),
+    ],
+)
 def test_first_reported_error_is_the_real_one(data, message):
     with pytest.raises(ArchitectureError, match="^arch.json: " + message.replace("(", r"\(")):
         Architecture.from_dict(data, source="arch.json")
@@ -109,8 +120,9 @@ def test_cache_and_flops_by_attention_kind():
     assert soft.flops_per_token_decode(511) > window.flops_per_token_decode(511)
     assert window.flops_per_token_decode(10) == soft.flops_per_token_decode(10)
     # Sliding window prefill averages min(t, W) keys; equals softmax when W >= T.
-    assert Architecture(attention="sliding_window", window=128).flops_per_token_prefill(128) == \
-        soft.flops_per_token_prefill(128)
+    assert Architecture(attention="sliding_window", window=128).flops_per_token_prefill(
+        128
+    ) == soft.flops_per_token_prefill(128)
     dense = 2 * 2 * (2 * 64 * 64 + 2 * 64 * 64 + 3 * 64 * 256) + 2 * 256 * 64
     assert soft.flops_per_token_decode(0) == dense + 2 * 4 * 64 * 1
 

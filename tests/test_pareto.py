@@ -9,18 +9,15 @@ import numpy as np
 import pytest
 
 from nas.errors import ConfigError
+from nas.objectives import Objective
 from nas.pareto import (
-    Objective,
     ParetoSummary,
-    dominates,
     hypervolume,
-    hypervolume_history,
     knee_point,
     non_dominated_sort,
     pareto_front,
     reference_point,
     summarize,
-    total_violation,
 )
 
 optuna = pytest.importorskip("optuna")
@@ -38,6 +35,25 @@ def _losses(values, directions):
 
 def _dom(a, b):
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def dominates(a, b, directions):
+    """Whether point ``a`` dominates point ``b`` (Optuna's rule, NaN worst)."""
+    la, lb = _losses([a, b], directions)
+    return _dom(la, lb)
+
+
+def total_violation(constraints):
+    """Per row, the sum of the positive constraint values (Optuna's penalty; NaN infinite)."""
+    c = np.asarray(constraints, dtype=float).reshape(len(constraints), -1)
+    return np.clip(np.where(np.isnan(c), np.inf, c), 0.0, None).sum(axis=1)
+
+
+def hypervolume_history(values, directions, reference, feasible):
+    """Hypervolume of the feasible points among the first k, for k = 1..n (how a front grew)."""
+    values, feasible = np.asarray(values, dtype=float), np.asarray(feasible, dtype=bool)
+    return [hypervolume(values[:k][feasible[:k]], directions, reference)
+            for k in range(1, len(values) + 1)]
 
 
 def _peel(loss, idx):
@@ -94,10 +110,8 @@ def inclusion_exclusion_2d(points, reference):
 
 def random_case(seed, n, m, ties=True, nan=False):
     rng = np.random.default_rng(seed)
-    if ties:  # few distinct levels: many ties and exact duplicates
-        values = rng.integers(0, 4, size=(n, m)).astype(float)
-    else:
-        values = rng.random((n, m))
+    # With ties: few distinct levels, so many ties and exact duplicates.
+    values = rng.integers(0, 4, size=(n, m)).astype(float) if ties else rng.random((n, m))
     if nan:
         values[rng.random((n, m)) < 0.03] = np.nan
     directions = [("min", "max")[int(b)] for b in rng.integers(0, 2, size=m)]

@@ -15,7 +15,7 @@ import yaml
 
 from nas.architecture import Architecture, static_metrics
 from nas.errors import ConfigError, SearchError
-from nas.space import SearchSpace, list_spaces, load_space, make_sampler, store_constraint_values
+from nas.space import SearchSpace, list_spaces, load_space, make_sampler
 
 optuna = pytest.importorskip("optuna")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -85,7 +85,7 @@ def test_shipped_tiny_spans_the_intended_sizes(tiny):
 
 
 def test_modules_import_without_heavy_dependencies():
-    code = ("import sys, nas.space, nas.pareto; "
+    code = ("import sys, nas.space, nas.pareto, nas.objectives, nas.fronts; "
             "bad = [m for m in ('optuna', 'torch', 'ray', 'onnxruntime') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
@@ -109,6 +109,17 @@ def check_arch(space: SearchSpace, arch: Architecture, params: dict) -> None:
     assert space.params_for(arch) == params
 
 
+def record_constraints(trial: optuna.trial.Trial, space: SearchSpace, metrics: dict,
+                       partial: bool = False) -> None:
+    """What the driver does before ``study.tell`` (public Optuna API only)."""
+    for key, value in space.constraint_dict(metrics, partial).items():
+        trial.set_constraint(key, value)
+
+
+def constraint_values(space: SearchSpace, metrics: dict, partial: bool = False) -> list[float]:
+    return list(space.constraint_dict(metrics, partial).values())
+
+
 def run_study(space: SearchSpace, n: int, fake_metrics: bool = True) -> optuna.Study:
     study = optuna.create_study(directions=space.directions(), sampler=make_sampler(space))
     for _ in range(n):
@@ -117,7 +128,7 @@ def run_study(space: SearchSpace, n: int, fake_metrics: bool = True) -> optuna.S
         check_arch(space, arch, trial.params)
         metrics = static_metrics(arch)
         if space.check_static(arch):
-            space.record_constraints(trial, metrics, partial=True)
+            record_constraints(trial, space, metrics, partial=True)
             study.tell(trial, state=TrialState.PRUNED)
             continue
         # A made-up but shape-dependent score, so that TPE/NSGA-II actually model something.
@@ -125,7 +136,7 @@ def run_study(space: SearchSpace, n: int, fake_metrics: bool = True) -> optuna.S
         for p in space.profiles:
             metrics[f"latency:{p}:decode_ms"] = metrics["decode_mflops"] / 10
             metrics[f"latency:{p}:prefill_ms"] = metrics["decode_mflops"]
-        space.record_constraints(trial, metrics)
+        record_constraints(trial, space, metrics)
         study.tell(trial, space.objective_values(metrics))
     return study
 
@@ -206,23 +217,23 @@ def test_static_constraints_are_checked(tiny):
                        tie_embeddings=False, vocab_size=256)
     small = Architecture(n_layer=2, d_model=64, vocab_size=256)
     assert big.n_params > 1.5e6 >= small.n_params
-    assert tiny.check_static(small) == [] and tiny.static_violations(small) == {}
+    assert tiny.check_static(small) == []
     (message,) = tiny.check_static(big)
     assert message == f"params={big.n_params} violates params <= 1500000"
-    assert tiny.static_violations(big)["params <= 1500000"] == pytest.approx(
+    assert tiny.constraint_dict(static_metrics(big), partial=True)["params <= 1500000"] == pytest.approx(
         big.n_params / 1.5e6 - 1)
 
 
 def test_constraint_values_follow_optunas_convention(slm):
     metrics = {"params": 4e6, "latency:cpu-1t:decode_ms": 10.0}
-    low, high, latency = slm.constraint_values(metrics)
+    low, high, latency = constraint_values(slm, metrics)
     assert low > 0 and high < 0 and latency < 0  # too small: only the lower bound is violated
-    assert slm.constraint_values({**metrics, "params": 6e6})[0] <= 0
+    assert constraint_values(slm, {**metrics, "params": 6e6})[0] <= 0
     assert not slm.is_feasible(metrics) and slm.is_feasible({**metrics, "params": 6e6})
     with pytest.raises(SearchError, match="latency:cpu-1t:decode_ms"):
-        slm.constraint_values({"params": 6e6})
-    assert slm.constraint_values({"params": 6e6}, partial=True)[2] == 0.0
-    assert slm.constraint_values({**metrics, "latency:cpu-1t:decode_ms": float("nan")})[2] > 0
+        constraint_values(slm, {"params": 6e6})
+    assert constraint_values(slm, {"params": 6e6}, partial=True)[2] == 0.0
+    assert constraint_values(slm, {**metrics, "latency:cpu-1t:decode_ms": float("nan")})[2] > 0
     with pytest.raises(SearchError, match="params"):
         slm.objective_values({"val_loss": 3.0, "latency:cpu-1t-int8:decode_ms": 1.0})
 
@@ -233,25 +244,6 @@ def test_driver_helpers(slm):
     assert slm.constraint_texts() == ["params >= 5000000", "params <= 50000000",
                                       "latency:cpu-1t:decode_ms <= 50"]
     assert slm.vocab_size == 8192
-
-
-def test_constraints_stored_by_trial_number_reach_optuna(slm):
-    """The ask-now, tell-later path: constraints set by number, then told by number."""
-    study = optuna.create_study(directions=slm.directions(), sampler=make_sampler(slm))
-    numbers = [study.ask().number for _ in range(3)]
-    good = {"params": 6e6, "latency:cpu-1t:decode_ms": 5.0}
-    bad = {"params": 6e7, "latency:cpu-1t:decode_ms": 5.0}
-    slm.store_constraints(study, numbers[0], good)
-    slm.store_constraints(study, numbers[1], bad)
-    store_constraint_values(study, numbers[2], [0.0, -1.0, 2.0])
-    for n, values in zip(numbers, [[3.0, 1.0, 6e6], [2.0, 0.5, 6e7], [1.0, 0.1, 1e7]]):
-        study.tell(n, values)
-    trials = study.get_trials()
-    assert trials[0].constraints == dict(zip(slm.constraint_texts(), slm.constraint_values(good)))
-    assert trials[2].constraints == {"0": 0.0, "1": -1.0, "2": 2.0}
-    assert [t.number for t in study.best_trials] == [numbers[0]]
-    with pytest.raises(SearchError, match="NaN"):
-        store_constraint_values(study, study.ask().number, [float("nan")])
 
 
 def test_impossible_static_constraint_is_detected_at_load(tmp_path):
