@@ -132,7 +132,7 @@ def test_timing_in_a_reused_worker_runs_on_the_timing_cores(one_worker_ray: obje
     from nas.architecture import Architecture
     from nas.data import prepare
     from nas.hardware import load_profile
-    from nas.search import _ray_tasks
+    from nas.search.executor import ray_tasks
     from nas.specs import DataSpec, ProxyBudget
 
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
@@ -170,7 +170,7 @@ def test_timing_in_a_reused_worker_runs_on_the_timing_cores(one_worker_ray: obje
 
         return os.getpid(), nas.affinity.seen_by_spy, nas.affinity.available_cores()  # type: ignore[attr-defined]
 
-    tasks = _ray_tasks(ray)
+    tasks = ray_tasks(ray)
     trained = ray.get(tasks.train.remote(arch, budget, data, 0, 1, profile.intra_op_threads))  # type: ignore[attr-defined]
     assert trained.ok, trained.error
     spy_pid, trained_here = ray.get(spy_on_timing_pins.remote())  # type: ignore[attr-defined]
@@ -178,7 +178,7 @@ def test_timing_in_a_reused_worker_runs_on_the_timing_cores(one_worker_ray: obje
                                            profile.intra_op_threads))
     pid, seen, after = ray.get(report.remote())  # type: ignore[attr-defined]
     assert trained_here and pid == spy_pid, "Ray did not reuse the worker; the test would prove nothing"
-    assert latency.decode.n == profile.timed_runs
+    assert latency.decode.n == profile.rounds * profile.repeats
     assert seen and all(cores == list(plan.measure_cores) for cores in seen), seen
     assert not set(plan.measure_cores) & set(plan.train_cores)
     assert after == node_cores()  # the timing pin was undone too

@@ -16,6 +16,7 @@ import pytest
 from harness import assert_optuna_agrees
 from nas.hardware import load_profiles
 from nas.search import REPEAT_ATTR, SearchDriver, SearchRequest
+from nas.search.executor import RayExecutor
 from nas.space import load_space, make_sampler, trial_seed
 from nas.store import Store
 
@@ -82,7 +83,7 @@ def test_budget_larger_than_the_space_evaluates_each_architecture_once(tmp_path,
             assert t.values == request.space.objective_values(original.metrics)
     assert_optuna_agrees(store, "t")
     # Resuming a search that has every architecture of its space trains nothing: not even Ray starts.
-    monkeypatch.setattr(SearchDriver, "_start_ray", lambda self: pytest.fail("Ray started"))
+    monkeypatch.setattr(RayExecutor, "start", lambda self: pytest.fail("Ray started"))
     again = SearchDriver(request, store).run()
     assert again.status == "finished" and len(store.candidates("t")) == 3
 
@@ -96,7 +97,8 @@ def test_a_resumed_sampler_continues_its_stream_instead_of_replaying_it():
     assert trial_seed(space.seed, 3) == trial_seed(space.seed, 3)
 
     def draw(n: int):
-        study = optuna.create_study(directions=space.directions(), sampler=make_sampler(space, trial_seed(space.seed, n)))
+        sampler = make_sampler(space, trial_seed(space.seed, n))
+        study = optuna.create_study(directions=space.directions(), sampler=sampler)
         return space.suggest(study.ask())
 
     assert draw(0) != draw(1) or draw(1) != draw(2)  # not one fixed replay

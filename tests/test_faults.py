@@ -21,11 +21,21 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from harness import (DATA, assert_optuna_agrees, kill_session, pg_ctl, pg_database, ray_task_processes,
-                     search_args, start, wait_for)
 
+from harness import (
+    DATA,
+    assert_optuna_agrees,
+    kill_session,
+    pg_ctl,
+    pg_database,
+    ray_task_processes,
+    search_args,
+    start,
+    wait_for,
+)
 from nas.errors import ExportError
 from nas.store import Store
+from nas.store.records import HEARTBEAT_SECONDS
 
 pytestmark = pytest.mark.slow
 GIB = 2**30
@@ -87,8 +97,13 @@ def test_candidate_out_of_memory_fails_with_its_reason_and_the_search_goes_on(tm
     path = tmp_path / "oom.yaml"
     path.write_text(yaml.safe_dump(space))
     db = _sqlite(tmp_path)
-    result = subprocess.run(search_args("oom", db, trials=2, space=path), capture_output=True, text=True,
-                            timeout=300, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    result = subprocess.run(
+        search_args("oom", db, trials=2, space=path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+    )
     assert result.returncode == 0, result.stderr
     with Store(db) as store:
         assert store.get_search("oom").status == "finished"
@@ -102,8 +117,12 @@ def test_candidate_out_of_memory_fails_with_its_reason_and_the_search_goes_on(tm
 
 def test_diverging_candidates_fail_with_their_reason_and_the_search_finishes(tmp_path):
     db = _sqlite(tmp_path)
-    result = subprocess.run(search_args("diverge", db, trials=2, space=DATA / "diverge.yaml"),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        search_args("diverge", db, trials=2, space=DATA / "diverge.yaml"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "2 failed" in result.stdout
     with Store(db) as store:
@@ -154,7 +173,9 @@ def test_postgres_restart_mid_search_loses_nothing(postgres_url, tmp_path):
                 wait_for(lambda: _state(store, "pg-restart", 0) == "complete", 180, "a first result", proc)
                 store.close()  # our own connections must not keep the server from stopping
                 pg_ctl("stop")  # every connection of the driver drops; its writes fail meanwhile
-                time.sleep(2.0)  # the driver polls the database every second: it meets the outage
+                # Longer than the heartbeat interval: the driver's stop poll (every second) and
+                # its heartbeat (every 5 s) both meet the outage, however busy the machine is.
+                time.sleep(HEARTBEAT_SECONDS + 1.0)
                 pg_ctl("start")
                 assert proc.poll() is None, "the search ended before the outage: nothing was tested"
                 _out, err = proc.communicate(timeout=240)
@@ -183,11 +204,18 @@ def test_driver_killed_then_resumed_on_postgres_loses_and_repeats_nothing(postgr
             with Store(db) as store:
                 wait_for(lambda: _state(store, "pg-kill", 0) == "complete", 180, "a first result", proc)
                 kill_session(proc, signal.SIGKILL)  # the driver and its Ray, without cleaning up
-                before = {r.trial_number: r for r in store.candidates("pg-kill")
-                          if r.state in ("complete", "failed")}
+                before = {
+                    r.trial_number: r
+                    for r in store.candidates("pg-kill")
+                    if r.state in ("complete", "failed")
+                }
                 running = store.running_trials("pg-kill")
-                result = subprocess.run(search_args("pg-kill", db, trials=2, extra=["--workers", "1"]),
-                                        capture_output=True, text=True, timeout=300)
+                result = subprocess.run(
+                    search_args("pg-kill", db, trials=2, extra=["--workers", "1"]),
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
                 assert result.returncode == 0, result.stderr
                 after = {r.trial_number: r for r in store.candidates("pg-kill")}
                 assert store.get_search("pg-kill").status == "finished"
@@ -208,26 +236,31 @@ def test_driver_killed_then_resumed_on_postgres_loses_and_repeats_nothing(postgr
 @pytest.mark.postgres
 def test_optuna_storage_calls_wait_out_a_postgres_outage(postgres_url):
     """Optuna gives up on a dropped connection (StorageInternalError); the driver's Optuna
-    calls go through `SearchDriver._db`, which retries them as the store retries its own."""
+    calls go through `nas.search.study.retry_transient`, which retries them as the store retries its own."""
     from nas.hardware import load_profiles
-    from nas.search import SearchDriver, SearchRequest, _transient_cause
+    from nas.search import SearchRequest
+    from nas.search.study import SearchStudy, transient_cause
     from nas.space import load_space
 
     with pg_database(postgres_url) as db, Store(db) as store:
-        request = SearchRequest(space=load_space(DATA / "e2e.yaml"), name="outage",
-                                profiles=load_profiles([DATA / "e2e-1t.yaml"]), trials=1, db_url=db)
-        driver = SearchDriver(request, store)
-        study = driver._open_study()
+        request = SearchRequest(
+            space=load_space(DATA / "e2e.yaml"),
+            name="outage",
+            profiles=load_profiles([DATA / "e2e-1t.yaml"]),
+            trials=1,
+            db_url=db,
+        )
+        study = SearchStudy.open(request.space, store, request.name)
         pg_ctl("stop")
         try:
             with pytest.raises(Exception) as raw:
-                study.ask()  # what the driver would meet without retrying
-            assert _transient_cause(raw.value) is not None
+                study.optuna_study.ask()  # what the driver would meet without retrying
+            assert transient_cause(raw.value) is not None
             restart = threading.Timer(1.5, pg_ctl, args=("start",))
             restart.start()
-            trial, arch = driver._db(driver._ask, study)  # waits for the server, then asks
+            trial, arch = study.ask()  # waits for the server, then asks
             restart.join()
         finally:
             pg_ctl("start")
         assert request.space.contains(arch)
-        assert [t.number for t in study.get_trials(deepcopy=False)] == [trial.number] == [0]
+        assert [t.number for t in study.optuna_study.get_trials(deepcopy=False)] == [trial.number] == [0]

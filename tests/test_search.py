@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 
@@ -182,25 +181,6 @@ def test_search_name_reused_with_another_space_is_refused(tmp_path):
     assert result.returncode == 2
     assert "already exists with a different search space" in result.stderr
     assert space.hash in result.stderr
-
-
-@pytest.mark.parametrize("timing, takes_training_slots", [("exclusive", True), ("overlap", False)])
-def test_timing_policy_decides_whether_timing_waits_for_training(timing, takes_training_slots):
-    from nas.search import _InFlight
-
-    space = load_space(SPACE)
-    profile = load_profiles([PROFILE])[0]
-    request = SearchRequest(space=space, name="p", profiles=(profile,), trials=2, timing=timing)
-    driver = SearchDriver(request, store=None)
-    driver._train_slots = 3
-    options = driver._measure_options(profile, local=True, cluster_has_measure=False)
-    assert options["resources"]["nas_measure"] == 1.0
-    assert options["resources"].get("nas_train") == (3.0 if takes_training_slots else None)
-    # While a timing task is pending, exclusive timing holds new training back.
-    entry = _InFlight(0, space.sample_random(np.random.default_rng(0)))
-    entry.measure_refs["ref"] = profile.name
-    driver.inflight[0] = entry
-    assert driver._timing_waits() is takes_training_slots
 
 
 def test_unknown_timing_policy_is_a_named_error():

@@ -1,0 +1,497 @@
+"""The search driver: Optuna ask -> Ray tasks -> store, with resume and clean stops.
+
+The driver owns the study (`nas.search.study`) and the database; Ray tasks
+(`nas.search.executor`) are pure functions that return records (`nas.evaluate`). The order
+of writes makes crashes harmless:
+
+1. ``study.ask()`` then ``store.start_candidate`` (state ``running``) before submitting;
+2. the finished result is written in ONE store transaction, *then* told to Optuna.
+
+On resume, a ``running`` candidate is re-run under the same trial number, an Optuna trial
+that never reached the store is failed, and a stored result that Optuna never heard of is
+told again. Nothing finished is trained twice. Every input is checked (data, name reuse, Ray
+address, resources no node offers, GPUs) before the search is written, so a refused start
+leaves nothing behind that a corrected re-run would then refuse to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from nas.architecture import Architecture, static_metrics
+from nas.errors import ConfigError, SearchError
+from nas.results import CandidateResult, ProfileLatency
+from nas.search.executor import RayExecutor, ray_error
+from nas.search.request import Progress, SearchOutcome, SearchRequest
+from nas.search.study import Finished, SearchStudy, study_name
+
+if TYPE_CHECKING:
+    from optuna.trial import Trial
+
+    from nas.data import TokenData
+    from nas.evaluate import TrainOutput
+    from nas.fronts import FrontAnalysis
+    from nas.store import CandidateRecord, SearchRecord, Store
+
+log = logging.getLogger("nas.search")
+
+# Consecutive samples rejected by shape-only constraints before we call the space infeasible.
+MAX_STATIC_REJECTIONS = 500
+# Consecutive draws of already-evaluated architectures before the driver enqueues an unseen one
+# drawn uniformly: a sampler that has converged (or a nearly exhausted small space) would
+# otherwise ask forever without adding a distinct architecture.
+REPEATS_BEFORE_RANDOM = 20
+STOP_POLL_S = 1.0  # how often the store is asked whether `nas serve` requested a stop
+
+
+@dataclass
+class InFlight:
+    """One trial between submission and its single store write."""
+
+    number: int
+    arch: Architecture
+    trial: Trial | None = None  # the live trial asked by this run; None: re-run after a crash
+    train_ref: Any = None
+    train: TrainOutput | None = None  # once it arrived
+    measure_refs: dict[Any, str] = field(default_factory=dict)  # ref -> profile name
+    latencies: dict[str, ProfileLatency] = field(default_factory=dict)
+    measure_started: float = 0.0
+    followers: list[Trial] = field(default_factory=list)  # repeat draws of it, told when it ends
+
+    @property
+    def pending(self) -> list[Any]:
+        """The Ray refs still awaited: training until it arrived, then each profile's timing."""
+        return ([self.train_ref] if self.train is None else []) + list(self.measure_refs)
+
+
+class SearchDriver:
+    """Runs one search to its trial budget; resumable; stops cleanly on SIGINT/SIGTERM."""
+
+    def __init__(self, request: SearchRequest, store: Store, *,
+                 on_progress: Callable[[Progress], None] | None = None,
+                 stop_event: threading.Event | None = None) -> None:
+        self.request = request
+        self.store = store
+        self.space = request.space
+        self.name = request.name
+        self.on_progress = on_progress or (lambda _p: None)
+        self.stop_event = stop_event or threading.Event()
+        self.executor = RayExecutor(request)
+        self.progress = Progress(total=request.effective_trials)
+        self.inflight: dict[int, InFlight] = {}  # trial number -> entry
+        self.by_hash: dict[str, InFlight] = {}  # arch hash -> the entry evaluating it
+        self.finished: dict[str, Finished] = {}  # arch hash -> its first finished result
+        self._study: SearchStudy | None = None
+        self._repeats_in_a_row = 0
+        self._rejections_in_a_row = 0
+        self._last_stop_poll = 0.0
+
+    @property
+    def study(self) -> SearchStudy:
+        if self._study is None:
+            raise RuntimeError("the study is opened by run()")
+        return self._study
+
+    # ----- the run -----------------------------------------------------------------------
+    def run(self) -> SearchOutcome:
+        started = time.monotonic()
+        existing = self._check_inputs()
+        if existing is not None and self._nothing_to_do():
+            return self._close_without_work(started)
+        data = self._prepare_data()
+        self.executor.check_placement()
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(self.executor.shutdown)  # the one place Ray is shut down
+            self.executor.start()
+            self._open_search(existing)
+            cleanup.enter_context(self._stop_on_signals())
+            try:
+                self._study = SearchStudy.open(self.space, self.store, self.name)
+                self.store.set_status(self.name, "running")
+                cleanup.enter_context(heartbeat(self.store, self.name))
+                status = self._search(data)
+            except KeyboardInterrupt:  # a second Ctrl-C: stop now
+                status = "stopped"
+            except BaseException as err:
+                self._cancel_inflight()
+                self._mark_failed(err)
+                raise
+            self._cancel_inflight()
+            self.store.set_status(self.name, status)
+        return self._outcome(status, started)
+
+    def _search(self, data: TokenData) -> str:
+        """Ask, train, time and record until the budget is spent or a stop arrives; the status."""
+        self._refresh_front()  # a resumed search's front, and its reference point once known
+        self.study.repair(self._stored())
+        data_ref = self.executor.put(data)
+        self._rerun_interrupted(data_ref)
+        while not self.stop_event.is_set():
+            self._fill(data_ref)
+            if not self.inflight:
+                # An ask retried over a database outage can leave the first attempt's trial
+                # RUNNING in Optuna with nothing stored; fail it now rather than at a resume.
+                self.study.repair(self._stored())
+                return "finished" if self._budget_left() <= 0 else "stopped"
+            self._collect()
+            self._poll_stop_request()
+            self._report()
+        return "stopped"
+
+    def _outcome(self, status: str, started: float) -> SearchOutcome:
+        front = self._refresh_front(with_proxy=True).front
+        return SearchOutcome(self.name, status, self.progress.done - self.progress.failed,
+                             self.progress.failed, list(front), self.progress.hypervolume,
+                             time.monotonic() - started)
+
+    # ----- before anything is written ------------------------------------------------------
+    def _check_inputs(self) -> SearchRecord | None:
+        """The stored search of this name if this request may resume it; reads only."""
+        req, space = self.request, self.space
+        space.check_profiles(req.profiles)  # also for a request not built by resolve_profiles
+        existing = self.store.find_search(req.name)
+        if existing is None:
+            return None
+        if existing.space_hash != space.hash:
+            raise SearchError(
+                f"search {req.name!r} already exists with a different search space "
+                f"(stored space hash {existing.space_hash}, given {space.hash}); "
+                "use another --name, or the same space to resume it")
+        stored_profiles = sorted(p.get("name", "") for p in existing.profiles)
+        if stored_profiles != sorted(p.name for p in req.profiles):
+            raise SearchError(
+                f"search {req.name!r} already exists with profiles {stored_profiles}; "
+                f"resume it with the same profiles or use another --name")
+        if existing.data != req.data_spec.to_dict():
+            raise SearchError(f"search {req.name!r} already exists with data {existing.data}; "
+                              "resume it with the same data or use another --name")
+        self._load_finished()
+        return existing
+
+    def _nothing_to_do(self) -> bool:
+        """A resumed search that already holds its budget, with nothing left running."""
+        return self._budget_left() <= 0 and not self.store.running_trials(self.name)
+
+    def _close_without_work(self, started: float) -> SearchOutcome:
+        """Finish it without starting Ray or preparing data; Optuna is still repaired."""
+        SearchStudy.open(self.space, self.store, self.name).repair(self._stored())
+        self.store.update_search(self.name, trials=self.request.effective_trials)
+        self.store.set_status(self.name, "finished")
+        return self._outcome("finished", started)
+
+    def _prepare_data(self) -> TokenData:
+        from nas.data import check_fits, prepare
+
+        data = prepare(self.request.data_spec)
+        check_fits(data, self.space.budget)
+        if data.vocab_size != self.space.vocab_size:
+            raise ConfigError(f"the tokenizer gives vocab_size={data.vocab_size} but the space fixes "
+                              f"{self.space.vocab_size}", source=self.space.source, field="vocab_size",
+                              value=self.space.vocab_size)
+        return data
+
+    def _open_search(self, existing: SearchRecord | None) -> None:
+        req, space = self.request, self.space
+        if existing is not None:
+            self.store.update_search(req.name, trials=req.effective_trials)
+            return
+        self.store.create_search(
+            req.name, space=space.to_dict(), space_hash=space.hash,
+            profiles=[p.to_dict() for p in req.profiles],
+            objectives=list(zip(space.objective_names(), space.directions())),
+            constraints=list(space.constraint_texts()), data=req.data_spec.to_dict(),
+            budget=space.budget.to_dict(), trials=req.effective_trials, study_name=study_name(req.name))
+
+    def _load_finished(self) -> None:
+        records = self.store.candidates(self.name, states=["complete", "failed"], with_proxy=False)
+        for record in sorted(records, key=lambda r: r.trial_number):
+            # setdefault: the first result of an architecture stands (a repeat an older version stored)
+            self.finished.setdefault(record.arch_hash, Finished(record.trial_number, record.state,
+                                                                dict(record.metrics)))
+        self._count_progress()
+
+    def _stored(self) -> dict[int, CandidateRecord]:
+        return {r.trial_number: r for r in self.store.candidates(self.name, with_proxy=False)}
+
+    # ----- stopping ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """First Ctrl-C (or SIGTERM) stops cleanly after the current writes; a second one aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set in the main thread (the service's launcher)
+            return
+
+        def handler(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+            if self.stop_event.is_set():
+                raise KeyboardInterrupt
+            self.stop_event.set()
+            self.progress.message = "stopping: waiting for nothing, cancelling running trials"
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, prev in previous.items():
+                signal.signal(sig, prev)
+
+    def _poll_stop_request(self) -> None:
+        """`nas serve` asks a search to stop by setting its status to 'stopping' in the store."""
+        now = time.monotonic()
+        if now - self._last_stop_poll < STOP_POLL_S:
+            return
+        self._last_stop_poll = now
+        search = self.store.find_search(self.name)
+        if search is not None and search.status == "stopping":
+            self.stop_event.set()
+            self.progress.message = "stop requested from the web service"
+
+    def _cancel_inflight(self) -> None:
+        self.executor.cancel(ref for entry in self.inflight.values()
+                             for ref in (entry.train_ref, *entry.measure_refs))
+
+    def _mark_failed(self, err: BaseException) -> None:
+        """Record why the search stopped; the database may be what failed, so never mask ``err``."""
+        try:
+            self.store.set_status(self.name, "failed", error=str(err) or type(err).__name__)
+        except Exception as store_err:  # noqa: BLE001
+            log.warning("could not mark search %r failed: %s", self.name, store_err)
+
+    # ----- asking and submitting ---------------------------------------------------------------
+    def _budget_left(self) -> int:
+        """Distinct architectures still to start: repeat draws never use up the budget."""
+        return self.request.effective_trials - len(self.finished) - len(self.inflight)
+
+    def _training_in_flight(self) -> int:
+        return sum(1 for f in self.inflight.values() if f.train is None)
+
+    def _timing_waits(self) -> bool:
+        """Hold new training while a local exclusive timing task waits for the node to go idle."""
+        return self.executor.timing_holds_training and any(f.measure_refs for f in self.inflight.values())
+
+    def _fill(self, data_ref: Any) -> None:
+        """Ask and submit while budget, training slots and the timing policy allow."""
+        while (not self.stop_event.is_set() and self._budget_left() > 0
+               and self._training_in_flight() < self.executor.max_in_flight()
+               and not self._timing_waits()):
+            if self._ask_and_submit(data_ref):
+                self._rejections_in_a_row = 0
+                continue
+            self._rejections_in_a_row += 1
+            if self._rejections_in_a_row >= MAX_STATIC_REJECTIONS:
+                raise SearchError(
+                    f"{MAX_STATIC_REJECTIONS} candidates in a row broke the shape-only "
+                    f"constraints {list(self.space.constraint_texts())}; relax them or "
+                    "narrow the space")
+
+    def _ask_and_submit(self, data_ref: Any) -> bool:
+        """Ask Optuna for one candidate; False when it broke a shape-only constraint."""
+        trial, arch = self.study.ask()
+        if self.space.check_static(arch):
+            self.study.tell_rejected(trial, arch)  # nothing is trained or stored
+            return False
+        if arch.hash in self.by_hash or arch.hash in self.finished:
+            self._repeat(trial, arch)
+            return True
+        self._repeats_in_a_row = 0
+        self.store.start_candidate(self.name, trial.number, arch)
+        self._submit(trial.number, arch, trial, data_ref)
+        return True
+
+    def _repeat(self, trial: Trial, arch: Architecture) -> None:
+        """A draw of an architecture already evaluated (or in flight): Optuna hears the earlier
+        result so the sampler still learns, but nothing is stored or trained and the budget is
+        not used up."""
+        leader = self.by_hash.get(arch.hash)
+        original = leader.number if leader is not None else self.finished[arch.hash].trial
+        self.study.mark_repeat(trial, original)
+        if leader is not None:
+            leader.followers.append(trial)  # told when the leader's result is written
+        else:
+            self.study.tell_like(trial, self.finished[arch.hash])
+        self._repeats_in_a_row += 1
+        if self._repeats_in_a_row >= REPEATS_BEFORE_RANDOM:
+            self._repeats_in_a_row = 0
+            self.study.enqueue_unseen(self.finished.keys() | self.by_hash.keys(),
+                                      self.request.distinct_architectures)
+
+    def _rerun_interrupted(self, data_ref: Any) -> None:
+        """Trials a crash left running are trained again under the same number."""
+        for number in self.store.running_trials(self.name):
+            record = self.store.candidate_by_trial(self.name, number)
+            self.store.start_candidate(self.name, number, record.architecture)  # counts the attempt
+            self._submit(number, record.architecture, None, data_ref)
+
+    def _submit(self, number: int, arch: Architecture, trial: Trial | None, data_ref: Any) -> None:
+        entry = InFlight(number, arch, trial, train_ref=self.executor.submit_train(arch, data_ref))
+        self.inflight[number] = entry
+        self.by_hash[arch.hash] = entry
+
+    # ----- collecting results ----------------------------------------------------------------
+    def _collect(self) -> None:
+        """Handle whatever finished during one short wait."""
+        refs = [ref for entry in self.inflight.values() for ref in entry.pending]
+        for ref in self.executor.wait(refs):
+            entry = next((e for e in self.inflight.values() if ref in e.pending), None)
+            if entry is None:  # its trial already failed on another ref
+                continue
+            if entry.train is None:
+                self._on_trained(entry)
+            else:
+                self._on_measured(entry, ref)
+
+    def _on_trained(self, entry: InFlight) -> None:
+        try:
+            entry.train = self.executor.get(entry.train_ref)
+        except Exception as err:  # noqa: BLE001 - worker killed more often than max_retries
+            self._fail(entry, f"training worker failed after {self.request.max_retries} "
+                              f"retries: {ray_error(err)}")
+            return
+        if not entry.train.ok:
+            self._fail(entry, entry.train.error, trained=entry.train)
+            return
+        entry.measure_started = time.perf_counter()
+        for profile in self.request.profiles:
+            # Latency depends on shape, not weights: a shape timed before (in any search) is reused.
+            cached = self.store.cached_latency(entry.arch.hash, profile.hash)
+            if cached is not None:
+                entry.latencies[profile.name] = dataclasses.replace(cached, profile=profile.name)
+            else:
+                entry.measure_refs[self.executor.submit_measure(profile, entry.train)] = profile.name
+        if not entry.measure_refs:
+            self._complete(entry)
+
+    def _on_measured(self, entry: InFlight, ref: Any) -> None:
+        profile = entry.measure_refs.pop(ref)
+        try:
+            entry.latencies[profile] = self.executor.get(ref)
+        except Exception as err:  # noqa: BLE001 - worker died or measurement failed
+            self._fail(entry, f"latency on profile {profile!r} failed: {ray_error(err)}")
+            return
+        if not entry.measure_refs:
+            self._complete(entry)
+
+    def _complete(self, entry: InFlight) -> None:
+        from nas.evaluate import assemble
+
+        latencies = [entry.latencies[p.name] for p in self.request.profiles]
+        result = assemble(entry.arch, entry.train, latencies, time.perf_counter() - entry.measure_started)
+        missing = [m for m in self.space.objective_names() if not _finite(result.metrics.get(m))]
+        if missing:
+            self._fail(entry, f"objective(s) {missing} missing or not finite", trained=entry.train)
+            return
+        self._finish(entry, result)
+
+    def _fail(self, entry: InFlight, error: str, trained: TrainOutput | None = None) -> None:
+        result = CandidateResult(
+            entry.arch, "failed", metrics=static_metrics(entry.arch),
+            proxy=trained.proxy if trained is not None else None, error=error,
+            timings=dict(trained.timings) if trained is not None else {},
+            node=trained.node if trained is not None else "")
+        self._finish(entry, result)
+
+    def _finish(self, entry: InFlight, result: CandidateResult) -> None:
+        """The single store write of a finished trial; then Optuna hears it, and its repeats."""
+        record = self.store.finish_candidate(self.name, entry.number, result)
+        first = self.finished.setdefault(record.arch_hash,
+                                         Finished(entry.number, result.state, dict(result.metrics)))
+        self._count_progress()
+        told = entry.trial if entry.trial is not None else entry.number
+        if result.state == "complete":
+            self.study.tell_complete(told, result.metrics)
+            self._refresh_front(snapshot=True)
+        else:
+            self.study.tell_failed(told)
+        for follower in entry.followers:
+            self.study.tell_like(follower, first)
+        self.inflight.pop(entry.number, None)
+        self.by_hash.pop(entry.arch.hash, None)
+
+    # ----- the front and progress --------------------------------------------------------------
+    def _refresh_front(self, *, snapshot: bool = False, with_proxy: bool = False) -> FrontAnalysis:
+        """The front as every reader computes it (`nas.fronts.analyze`), for the progress display,
+        the Pareto snapshot after each complete trial, and the outcome."""
+        from nas.fronts import analyze
+
+        records = self.store.candidates(self.name, with_proxy=with_proxy)
+        search = self.store.get_search(self.name)
+        analysis = analyze(search, records)
+        if search.reference_point is None and self._write_reference_point(analysis):
+            search = self.store.get_search(self.name)
+            analysis = analyze(search, records)
+        self.progress.front = len(analysis.front)
+        self.progress.hypervolume = analysis.hypervolume if search.reference_point is not None else None
+        if snapshot:
+            self.store.add_pareto_snapshot(
+                self.name, n_complete=len(_first_of_each(analysis.complete)),
+                hypervolume=self.progress.hypervolume,
+                front_ids=[r.id for r, on in zip(analysis.complete, analysis.on_front) if on])
+        return analysis
+
+    def _write_reference_point(self, analysis: FrontAnalysis) -> bool:
+        """Fix the search's hypervolume reference once enough feasible results exist (3, or the
+        whole budget if smaller), so hypervolumes over time compare; True when written."""
+        from nas import pareto
+
+        feasible = [i for i in _first_of_each(analysis.complete) if analysis.feasible[i]]
+        if not feasible or len(feasible) < min(3, self.request.effective_trials):
+            return False
+        reference = pareto.reference_point(analysis.values[feasible], analysis.directions)
+        self.store.update_search(self.name, reference_point=[float(x) for x in reference])
+        return True
+
+    def _count_progress(self) -> None:
+        self.progress.done = len(self.finished)
+        self.progress.failed = sum(1 for f in self.finished.values() if f.state == "failed")
+
+    def _report(self) -> None:
+        self.progress.running = len(self.inflight)
+        self.on_progress(self.progress)
+
+
+@contextlib.contextmanager
+def heartbeat(store: Store, name: str) -> Iterator[None]:
+    """Beat every few seconds from a thread of its own while the driver runs, so that a
+    long synchronous step never reads as a lost driver, and a killed one soon does."""
+    from nas.store.records import HEARTBEAT_SECONDS
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                store.heartbeat(name)
+            except Exception as err:  # noqa: BLE001 - an outage the store's retries gave up on
+                log.warning("heartbeat of search %r not written: %s", name, err)
+
+    thread = threading.Thread(target=beat, name=f"nas-heartbeat-{name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1.0)
+
+
+def _first_of_each(records: Sequence[CandidateRecord]) -> list[int]:
+    """Positions of each architecture's first record: a repeat is one point, as `nas.fronts` ranks."""
+    seen: set[str] = set()
+    first = []
+    for i, record in enumerate(records):
+        if record.arch_hash not in seen:
+            seen.add(record.arch_hash)
+            first.append(i)
+    return first
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
