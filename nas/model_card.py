@@ -1,44 +1,59 @@
 """The model card (``README.md`` of an export): `metrics.json`'s numbers and how to use each file.
 
-Split from `nas.export` so the card's text, including the transformers generation example
-that the tests run verbatim, lives in one place and imports no torch. The exported file
-names are defined here; `nas.export` re-exports them.
+The card's text is a Jinja template, ``nas/templates/model_card.md.j2``, so it reads as the
+document it is; this module turns `metrics.json`'s data into the template's plain values (table
+rows, formatted numbers, the ``generate`` call the tests run verbatim) and imports no torch.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from nas.architecture import Architecture
+from nas.checkpoint import (
+    ARCHITECTURE_FILE,
+    CONFIG_FILE,
+    GENERATION_CONFIG_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+)
+from nas.util import format_value
 
-ARCHITECTURE_FILE = "architecture.json"
+if TYPE_CHECKING:
+    import jinja2
+
+__all__ = ["CARD_FILE", "METRICS_FILE", "generation_settings", "render_card"]
+
 METRICS_FILE = "metrics.json"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-GENERATION_CONFIG_FILE = "generation_config.json"
 CARD_FILE = "README.md"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TEMPLATE = "model_card.md.j2"
 
 
 def _num(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return "-" if value is None else str(value).lower()
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        # Counts stored as floats (params) read as counts; everything else with 4 digits.
-        return f"{value:,.0f}" if abs(value) >= 1000 and value == int(value) else f"{value:.4g}"
-    return str(value)
+    """Card cells: Markdown-plain booleans and a hyphen for a missing value."""
+    return format_value(value, none="-", true="true", false="false")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def _table(rows: Sequence[Sequence[Any]], *header: str) -> str:
+    """A Markdown table, cells through `_num` (the template's ``table`` filter)."""
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(_num(c) for c in row) + " |" for row in rows]
-    return lines
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    import jinja2
+
+    # Markdown, not HTML: nothing to escape. StrictUndefined: a missing value is a bug, not a blank.
+    env = jinja2.Environment(loader=jinja2.PackageLoader("nas", "templates"), autoescape=False,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
+                             undefined=jinja2.StrictUndefined)
+    env.filters.update(num=_num, table=_table)
+    return env
 
 
 def generation_settings(arch: Architecture, special_tokens: Mapping[str, Any],
@@ -58,132 +73,66 @@ def generation_settings(arch: Architecture, special_tokens: Mapping[str, Any],
     return {"prompt": prompt, "kwargs": kwargs, "needs_tokenizer": "stop_strings" in kwargs}
 
 
-def _generation_example(arch: Architecture, info: Mapping[str, Any]) -> list[str]:
+def _generation(arch: Architecture, info: Mapping[str, Any]) -> dict[str, Any]:
     special = info.get("special_tokens") or {}
     settings = generation_settings(arch, special, info.get("data", {}).get("corpus"))
-    args = ", ".join(["**inputs", *(f"{k}={v!r}" for k, v in settings["kwargs"].items()),
-                      *(["tokenizer=tokenizer"] if settings["needs_tokenizer"] else [])])
-    lines = ["Hugging Face transformers (offline, from this directory), greedy generation:", "",
-             "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-             "model = AutoModelForCausalLM.from_pretrained('.')",
-             "tokenizer = AutoTokenizer.from_pretrained('.')",
-             f"inputs = tokenizer({settings['prompt']!r}, return_tensors='pt')",
-             f"out = model.generate({args})",
-             "print(tokenizer.decode(out[0], skip_special_tokens=True))", "```", ""]
-    if "eos_token" in special:
-        eos = special["eos_token"]
-        lines += [f"`generate` stops at the end-of-text token `{eos['token']}` (id {eos['id']}), "
-                  "which ended every training document: it is `eos_token_id` in "
-                  f"`{CONFIG_FILE}` and `{GENERATION_CONFIG_FILE}`, and `eos_token` in "
-                  f"`{TOKENIZER_CONFIG_FILE}` (also BOS and padding). `max_new_tokens` bounds "
-                  "the rest.", ""]
-    else:
-        lines += ["The byte-level tokenizer has no special tokens (all 256 ids are bytes), so "
-                  "there is no end-of-text token and the model never stops by itself: always "
-                  "pass `max_new_tokens`, and a stop string (`stop_strings=[...]` together with "
-                  "`tokenizer=tokenizer`) to stop at text such as a blank line.", ""]
-    lines += [f"Keep prompt plus new tokens within `max_seq_len` = {arch.max_seq_len} positions "
-              "(`max_position_embeddings` in the config): the model was built for no more.", ""]
-    return lines
+    arguments = ", ".join(["**inputs", *(f"{k}={v!r}" for k, v in settings["kwargs"].items()),
+                           *(["tokenizer=tokenizer"] if settings["needs_tokenizer"] else [])])
+    return {"prompt_literal": repr(settings["prompt"]), "generate_arguments": arguments,
+            "eos": special.get("eos_token"), "has_special_tokens": bool(special)}
+
+
+def _rows(arch: Architecture, info: Mapping[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
+    """The card's tables as rows of plain values (formatted by the template's ``table``)."""
+    derived = [("parameters (unique)", arch.n_params),
+               ("non-embedding parameters", arch.non_embedding_params), ("head_dim", arch.head_dim),
+               ("ffn hidden size", arch.ffn_hidden), ("unique blocks", arch.n_unique_blocks)]
+    objectives = info["objectives"]
+    metrics = [(f"{m} (objective, {objectives[m]['direction']})", objectives[m]["value"]) for m in objectives]
+    metrics += [(m, v) for m, v in info["metrics"].items() if m not in objectives]
+    latency = []
+    for profile, lat in info["latency"].items():
+        shape = ", ".join(f"{k}={v}" for k, v in lat["shape"].items())
+        for phase in ("prefill", "decode"):
+            s = lat[phase]
+            latency.append((profile, phase, s["median_ms"], s["p90_ms"], f"{100 * s['cv']:.1f}%",
+                            s["n"], shape))
+    parity = info["parity"]
+    checks = [(f"ONNX Runtime {graph} vs PyTorch", diff,
+               f"{parity['onnx_tolerance_rel']:g} x max(1, largest output)")
+              for graph, diff in parity["onnx"].items()]
+    checks.append(("nas.load vs the exported model (logits)", parity["nas_load"],
+                   parity["nas_load_tolerance"]))
+    hf = parity.get("transformers")
+    checks.append(("transformers vs ours (logits)", hf if isinstance(hf, float) else str(hf),
+                   parity.get("transformers_tolerance", "-")))
+    return {"architecture_rows": [*arch.to_dict().items(), *derived], "metric_rows": metrics,
+            "latency_rows": latency, "parity_rows": checks}
 
 
 def render_card(arch: Architecture, info: Mapping[str, Any]) -> str:
-    """The model card (README.md): `metrics.json`'s numbers and how to load every file."""
-    mapped = info["huggingface"]["mapped"]
-    lines = [f"# {info['search']} / trial {info['trial']}: {arch.describe()}", "",
-             f"Exported by `nas export` (nas {info['nas_version']}) on {info['dates']['exported']} "
-             f"from search `{info['search']}`, candidate {info['candidate_id']} (trial "
-             f"{info['trial']}, architecture hash `{info['arch_hash']}`).", ""]
-    lines += ["## Architecture", ""]
-    derived = [("parameters (unique)", arch.n_params), ("non-embedding parameters", arch.non_embedding_params),
-               ("head_dim", arch.head_dim), ("ffn hidden size", arch.ffn_hidden),
-               ("unique blocks", arch.n_unique_blocks)]
-    lines += _table(["field", "value"], [*arch.to_dict().items(), *derived]) + [""]
-
-    lines += ["## Quality and size", ""]
-    objectives = info["objectives"]
-    rows = [(f"{m} (objective, {objectives[m]['direction']})", objectives[m]["value"])
-            for m in objectives]
-    rows += [(m, v) for m, v in info["metrics"].items() if m not in objectives]
-    lines += _table(["metric", "value"], rows) + [""]
-    lines += ["`val_loss` is nats/token on the search's fixed validation tokens after the proxy run.", ""]
-
-    lines += ["## Latency", ""]
-    if info["latency"]:
-        rows = []
-        for profile, lat in info["latency"].items():
-            shape = ", ".join(f"{k}={v}" for k, v in lat["shape"].items())
-            for phase in ("prefill", "decode"):
-                s = lat[phase]
-                rows.append((profile, phase, s["median_ms"], s["p90_ms"], f"{100 * s['cv']:.1f}%",
-                             s["n"], shape))
-        lines += _table(["profile", "graph", "median ms", "p90 ms", "CV", "n", "shape"], rows)
-        lines += ["", "Measured with ONNX Runtime on these graphs' shapes during the search "
-                  "(latency depends on shape, not on weights).", ""]
-    else:
-        lines += ["No latency was measured for this candidate.", ""]
-
-    lines += ["## Training", ""]
-    data, budget, proxy, weights = info["data"], info["proxy_budget"], info["proxy"], info["weights"]
-    corpus = ", ".join(data.get("corpus", [])) if isinstance(data.get("corpus"), list) else data.get("corpus")
-    lines += [f"- Corpus: {corpus}; tokenizer: `{data.get('tokenizer')}`.",
-              "- Proxy budget: " + ", ".join(f"{k}={_num(v)}" for k, v in budget.items()) + ".",
-              f"- Proxy run: {_num(proxy.get('tokens'))} tokens, validation loss "
-              f"{_num(proxy.get('val_loss'))}, status {proxy.get('status', '-')}.",
-              f"- Exported weights: {weights['source']}."]
-    continued = weights.get("continued_training")
-    if continued:
-        lines.append(f"- Then trained for {_num(continued['tokens'])} more tokens at export "
-                     f"(seed {continued['seed']}): validation loss {_num(continued['val_loss'])}.")
-    lines.append("")
-
-    lines += ["## Files", "",
-              "| file | what |", "| --- | --- |",
-              f"| `{ARCHITECTURE_FILE}` | the architecture (`nas.Architecture.from_json`) |",
-              f"| `{METRICS_FILE}` | every number on this card |",
-              "| `model.onnx` | prefill: `input_ids [batch, seq]` -> `logits`, `present.{i}.*` |",
-              "| `decode.onnx` | one step: `input_ids`, `position_ids [batch, 1]`, `past.{i}.*` -> "
-              "`logits [batch, 1, vocab]`, `present.{i}.*` |",
-              f"| `{WEIGHTS_FILE}` | fp32 weights, Hugging Face Llama names, one tensor per layer "
-              "application (shared blocks unrolled; no `lm_head.weight` when tied) |",
-              f"| `tokenizer.json`, `{TOKENIZER_CONFIG_FILE}` | the tokenizer (`tokenizers` / "
-              "`AutoTokenizer`) |"]
-    if mapped:
-        lines.append(f"| `{CONFIG_FILE}` | Hugging Face config ({info['huggingface']['model_type']}) |")
-        if info.get("special_tokens"):
-            lines.append(f"| `{GENERATION_CONFIG_FILE}` | the token ids `generate` stops at and pads with |")
-    lines += [f"| `{CARD_FILE}` | this card |", ""]
-
-    cache = ("`past.{i}.state` `[batch, n_kv_head, head_dim, head_dim]` and `past.{i}.norm` "
-             "`[batch, n_kv_head, head_dim]` (start from zeros)" if arch.attention == "linear" else
-             "`past.{i}.key`/`.value` `[batch, n_kv_head, past, head_dim]` (start with past=0"
-             + (f"; the graph keeps the last {arch.window} positions" if arch.window else "") + ")")
-    lines += ["## How to load", "", "PyTorch (this package):", "", "```python",
-              "import nas, torch", "model = nas.load('.')  # architecture.json + model.safetensors",
-              "logits = model(torch.tensor([[1, 2, 3]]))  # (batch, seq, vocab)", "```", "",
-              f"ONNX Runtime: `model.onnx` runs a prompt; `decode.onnx` adds one token per call with "
-              f"{cache}, for {arch.n_layer} layer applications, fed back from `present.*`.", "",
-              "```python", "import numpy as np, onnxruntime as ort",
-              "prefill = ort.InferenceSession('model.onnx')",
-              "logits, *cache = prefill.run(None, {'input_ids': np.array([[1, 2, 3]], dtype=np.int64)})",
-              "```", ""]
-    if mapped:
-        lines += _generation_example(arch, info)
-        if arch.repeat > 1:
-            lines += [f"Block sharing (`{arch.sharing}`) is unrolled: the transformers model has "
-                      f"{arch.n_layer} layers holding {arch.n_unique_blocks} distinct sets of "
-                      "weights, so it uses more memory than the shared model but computes the same.", ""]
-    else:
-        lines += [f"Hugging Face transformers: not available. The {info['huggingface']['reason']}, "
-                  f"so there is no `{CONFIG_FILE}`; use the ONNX graphs or `nas.load`.", ""]
-
-    parity = info["parity"]
-    lines += ["## Parity (checked at export time, fp32)", ""]
-    rows = [(f"ONNX Runtime {graph} vs PyTorch", diff, f"{parity['onnx_tolerance_rel']:g} x max(1, largest output)")
-            for graph, diff in parity["onnx"].items()]
-    rows.append(("nas.load vs the exported model (logits)", parity["nas_load"], parity["nas_load_tolerance"]))
-    hf = parity.get("transformers")
-    rows.append(("transformers vs ours (logits)", hf if isinstance(hf, float) else str(hf),
-                 parity.get("transformers_tolerance", "-")))
-    lines += _table(["check", "max abs diff", "tolerance"], rows) + [""]
-    return "\n".join(lines)
+    """The model card (README.md): `metrics.json`'s numbers (``info``) and how to load every file."""
+    huggingface, data, proxy = info["huggingface"], info["data"], info["proxy"]
+    corpus = data.get("corpus")
+    context = {
+        "search": info["search"], "trial": info["trial"], "describe": arch.describe(),
+        "nas_version": info["nas_version"], "exported": info["dates"]["exported"],
+        "candidate_id": info["candidate_id"], "arch_hash": info["arch_hash"],
+        **_rows(arch, info),
+        "corpus": ", ".join(corpus) if isinstance(corpus, list) else corpus,
+        "tokenizer": data.get("tokenizer"), "budget": info["proxy_budget"],
+        "proxy": {"tokens": proxy.get("tokens"), "val_loss": proxy.get("val_loss"),
+                  "status": proxy.get("status", "-")},
+        "weights_source": info["weights"]["source"],
+        "continued": info["weights"].get("continued_training"),
+        "files": {"architecture": ARCHITECTURE_FILE, "metrics": METRICS_FILE, "weights": WEIGHTS_FILE,
+                  "tokenizer": TOKENIZER_FILE, "tokenizer_config": TOKENIZER_CONFIG_FILE,
+                  "config": CONFIG_FILE, "generation_config": GENERATION_CONFIG_FILE, "card": CARD_FILE},
+        "hf_model_type": huggingface["model_type"] if huggingface["mapped"] else None,
+        "hf_unmapped_reason": huggingface.get("reason"),
+        "linear": arch.attention == "linear", "window": arch.window, "n_layer": arch.n_layer,
+        "max_seq_len": arch.max_seq_len, "n_unique_blocks": arch.n_unique_blocks,
+        "unrolled_sharing": arch.sharing if arch.repeat > 1 else None,
+        **_generation(arch, info),
+    }
+    return _environment().get_template(TEMPLATE).render(context) + "\n"

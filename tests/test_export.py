@@ -24,18 +24,17 @@ from typer.testing import CliRunner
 import nas
 from nas import export as export_mod
 from nas.architecture import Architecture, static_metrics
+from nas.checkpoint import hf_config, to_hf_state_dict
 from nas.errors import ConfigError, ExportError, NotFoundError
 from nas.export import (
     HF_ATOL,
     NotExportableError,
     export_candidate,
-    hf_config,
-    parse_where,
-    pick_candidate,
-    to_hf_state_dict,
 )
 from nas.fronts import load_front
 from nas.model import NasLM, build_model
+from nas.model_card import generation_settings
+from nas.pick import parse_where, pick_candidate
 from nas.proxy import weights_to_bytes
 from nas.results import CandidateResult, LatencyStats, ProfileLatency, ProxyResult
 from nas.space import load_space
@@ -357,7 +356,8 @@ def test_pick_bad_input_says_what_exists(env: Env) -> None:
 
 # ----- refusals and atomicity ------------------------------------------------------------------
 def test_failed_and_running_candidates_are_refused(env: Env, tmp_path: Path) -> None:
-    with pytest.raises(NotExportableError, match=r"trial 9 of search .* is failed: training loss nan at step 3"):
+    with pytest.raises(NotExportableError,
+                       match=r"trial 9 of search .* is failed: training loss nan at step 3"):
         _export(env, FAILED, tmp_path / "failed")
     with pytest.raises(NotExportableError, match=r"is still running"):
         _export(env, RUNNING, tmp_path / "running")
@@ -569,7 +569,7 @@ def test_the_cards_generation_example_runs(which: str, env: Env, bpe_export: Tra
     exec(compile(code, str(out / "README.md"), "exec"), scope)  # noqa: S102 - our own card
     generated = scope["out"]
     prompt_len = scope["inputs"]["input_ids"].shape[1]  # type: ignore[index]
-    max_new = export_mod.generation_settings(arch, {} if which == "byte" else {"eos_token": 0},
+    max_new = generation_settings(arch, {} if which == "byte" else {"eos_token": 0},
                                              None)["kwargs"]["max_new_tokens"]
     assert prompt_len < generated.shape[1] <= prompt_len + max_new <= arch.max_seq_len  # type: ignore[attr-defined]
     assert capsys.readouterr().out.startswith("The ")
