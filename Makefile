@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/nas: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ demo: $(BIN)/nas
 
 test: $(BIN)/nas
 	$(BIN)/python -m pytest -q
+
+# The ruff configuration is in pyproject.toml; CI (.ci/run) fails on any finding.
+lint: $(BIN)/nas
+	$(BIN)/ruff check .
+
+# Every benchmark's --smoke mode (seconds each): proves the scripts still run. The full
+# benchmarks take minutes to hours; run them one by one as BENCHMARKS.md says.
+bench: $(BIN)/nas
+	$(BIN)/python -m pytest -q tests/test_bench_smoke.py
 
 clean:
 	rm -rf $(VENV) nas.db nas.db-wal nas.db-shm

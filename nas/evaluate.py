@@ -14,14 +14,18 @@ import socket
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from nas.architecture import Architecture, static_metrics
 from nas.hardware import HardwareProfile
 from nas.results import CandidateResult, ProfileLatency, ProxyResult
 from nas.specs import ProxyBudget
+
+if TYPE_CHECKING:
+    from nas.data import TokenData
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ def describe_exception(err: BaseException) -> str:
     return text
 
 
-def train_and_export(arch: Architecture, budget: ProxyBudget, data, *, seed: int = 0,
+def train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, *, seed: int = 0,
                      threads: int | None = None, cores: Sequence[int] | None = None,
                      progress: Callable[[int, int, float], None] | None = None) -> TrainOutput:
     """Proxy-train ``arch`` and export both ONNX graphs (parity-checked). Never raises.
@@ -79,7 +83,7 @@ def train_and_export(arch: Architecture, budget: ProxyBudget, data, *, seed: int
         return _train_and_export(arch, budget, data, seed=seed, threads=threads, progress=progress)
 
 
-def _train_and_export(arch: Architecture, budget: ProxyBudget, data, *, seed: int,
+def _train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, *, seed: int,
                       threads: int | None,
                       progress: Callable[[int, int, float], None] | None) -> TrainOutput:
     started = time.perf_counter()
@@ -104,7 +108,7 @@ def _train_and_export(arch: Architecture, budget: ProxyBudget, data, *, seed: in
             weights=weights_to_bytes(trained.model),
             timings={"train": trained_at - started, "export": exported_at - trained_at},
             node=node)
-    except (Exception, MemoryError) as err:  # a failed candidate must not stop the search
+    except (Exception, MemoryError) as err:  # noqa: BLE001 - a failed candidate must not stop the search
         return TrainOutput(None, timings={"train": time.perf_counter() - started}, node=node,
                            error=describe_exception(err))
 
@@ -112,13 +116,13 @@ def _train_and_export(arch: Architecture, budget: ProxyBudget, data, *, seed: in
 def measure_profile(prefill_onnx: bytes, decode_onnx: bytes, profile: HardwareProfile, *,
                     cores: Sequence[int] | None = None, node: str = "") -> ProfileLatency:
     """Time both graphs on one profile, pinned to ``cores``."""
-    from nas.latency import measure
+    from nas.latency import GraphPair, measure
 
     with tempfile.TemporaryDirectory(prefix="nas-latency-") as tmp:
-        prefill_path, decode_path = Path(tmp, "model.onnx"), Path(tmp, "decode.onnx")
-        prefill_path.write_bytes(prefill_onnx)
-        decode_path.write_bytes(decode_onnx)
-        result = measure(prefill_path, decode_path, profile, cpus=set(cores) if cores else None)
+        graphs = GraphPair(Path(tmp, "model.onnx"), Path(tmp, "decode.onnx"))
+        graphs.prefill.write_bytes(prefill_onnx)
+        graphs.decode.write_bytes(decode_onnx)
+        result = measure(graphs, profile, cpus=set(cores) if cores else None)
     return dataclasses.replace(result, node=node or result.node or socket.gethostname())
 
 
@@ -142,7 +146,8 @@ def assemble(arch: Architecture, train: TrainOutput, latencies: Sequence[Profile
                            node=train.node)
 
 
-def evaluate(arch: Architecture, budget: ProxyBudget, data, profiles: Sequence[HardwareProfile], *,
+def evaluate(arch: Architecture, budget: ProxyBudget, data: TokenData,
+             profiles: Sequence[HardwareProfile], *,
              seed: int = 0, threads: int | None = None,
              progress: Callable[[int, int, float], None] | None = None) -> CandidateResult:
     """The whole evaluation in this process (``nas evaluate``): train, export, time."""

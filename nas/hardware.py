@@ -5,15 +5,10 @@ name, so ``latency:cpu-1t:decode_ms`` always points at ``cpu-1t.yaml``. Keys are
 fields of `HardwareProfile`; unknown keys, wrong types and out-of-range values are
 errors that name the file, the key and the value.
 
-Where bare names are looked up (first hit wins):
-
-1. ``hardware_profiles/`` of the repository, found by walking up from this file (a source
-   checkout or an editable install), as `nas.space` finds ``search_spaces/``;
-2. ``nas/builtin/hardware_profiles/``, for a copy shipped inside the package in a
-   non-editable install (``pyproject.toml`` packages ``nas/builtin/**``).
-
-Anything that looks like a path (a ``/`` or a ``.yaml``/``.yml`` suffix) is loaded as that
-file instead.
+Bare names are the profiles shipped as package data (`nas.builtin`: found through
+`importlib.resources`, so a wheel install has them; the repository's ``hardware_profiles/`` is a
+symlink to that directory). Anything that looks like a path (a ``/`` or a ``.yaml``/``.yml``
+suffix) is loaded as that file instead: that is how users bring their own machines.
 
 This module imports no onnxruntime: the driver and the CLI load and hash profiles on
 machines that may not measure anything. `check_available` imports it lazily.
@@ -22,30 +17,21 @@ machines that may not measure anything. `check_available` imports it lazily.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
+from nas.builtin import shipped_files
 from nas.errors import ConfigError, NotFoundError, ProviderError
+from nas.util import stable_hash
 
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 
 # Bump when `nas.latency` changes *how* it measures (statistics, feeds, session options):
 # it is part of `HardwareProfile.hash`, so latencies cached under the old method miss.
 MEASUREMENT_VERSION = 1
-
-
-
-def _profile_dirs() -> tuple[Path, ...]:
-    here = Path(__file__).resolve().parent
-    checkout = [p / "hardware_profiles" for p in here.parents if (p / "hardware_profiles").is_dir()]
-    return (*checkout[:1], here / "builtin" / "hardware_profiles")
-
-
-PROFILE_DIRS: tuple[Path, ...] = _profile_dirs()
 
 # Fields that are counts, with the smallest value that makes sense for each.
 _MIN_COUNT: dict[str, int] = {
@@ -89,12 +75,7 @@ class HardwareProfile:
         data = self.to_dict()
         del data["description"]
         data["measurement_version"] = MEASUREMENT_VERSION
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-    @property
-    def timed_runs(self) -> int:
-        return self.rounds * self.repeats
+        return stable_hash(data)
 
     @property
     def positions_needed(self) -> int:
@@ -120,7 +101,7 @@ class HardwareProfile:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> "HardwareProfile":
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> HardwareProfile:
         """Build from a mapping; errors name ``source``, the key and the value."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a hardware profile must be a mapping, got {type(data).__name__}",
@@ -169,13 +150,8 @@ def _looks_like_path(text: str) -> bool:
 
 
 def _profile_files() -> dict[str, Path]:
-    """Bare name -> file, earlier directories in `PROFILE_DIRS` winning."""
-    found: dict[str, Path] = {}
-    for directory in PROFILE_DIRS:
-        if directory.is_dir():
-            for path in sorted(directory.glob("*.yaml")):
-                found.setdefault(path.stem, path)
-    return found
+    """Bare name -> shipped file."""
+    return shipped_files("hardware_profiles")
 
 
 def list_profiles() -> list[str]:

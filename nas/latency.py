@@ -16,12 +16,12 @@ How a measurement is taken, and why (these machines drift, see DESIGN.md):
   first core and ONNX Runtime's pool threads one core each (``session.intra_op_thread_affinities``,
   whose processor ids start at 1). Verified by reading every thread's affinity in the tests.
 * Rounds: each of ``rounds`` rounds times each graph in its own block: ``warmup`` untimed runs,
-  then ``repeats`` back-to-back timed runs. Interleaving graphs run by run evicted each other's
-  weights: decode measured 1.5-1.7x slower than back-to-back decoding (the deployment case).
+  then ``repeats`` back-to-back timed runs. Interleaving graphs run by run evicts each other's
+  weights and times a slower decode than back-to-back decoding (the deployment case).
 * Clock: with one thread, the thread's CPU time (the graph runs entirely on the calling thread,
   so this is what it would take on a core of its own; time spent preempted by other processes
-  is not counted). Under load from other processes this alone took a synthetic 6.6 ms
-  prefill's across-process spread from 66% to 3%. With a pool, wall time.
+  is not counted), which removes most of the across-process spread under load. With a pool,
+  wall time.
 * Preemption: a run during which any thread of this process was involuntarily switched out, or
   the run right after (its caches were evicted), is retried (`getrusage` ``ru_nivcsw``), at
   most ``repeats`` extra runs per block; then kept, so ``n`` is always ``rounds * repeats``.
@@ -32,35 +32,12 @@ How a measurement is taken, and why (these machines drift, see DESIGN.md):
   into ``$NAS_CACHE_DIR/int8`` (default ``~/.cache/nas/int8``), keyed by the sha256 of the
   input file and the ONNX Runtime version, written atomically; the quantized graph is timed.
 
-Reference normalisation -- measured, not adopted. `time_samples(..., reference=True)` also times
-a fixed 4-layer 256-wide MLP (`reference_model`) in the same rounds, and
-``bench/bench_latency_stability.py`` compares the across-process spread of the candidate's median
-with and without dividing by the reference's median. On the shared 2-core development VM, over
-8 runs (64 candidate x graph rows, 3-55% CPU pressure from other jobs) it lowered the median
-spread from 4.2% to 3.6% (3.7% -> 2.2% in the three quieter runs), but was worse in 23 of
-the 64 rows and in one quiet run overall. It cannot fix the largest effect either: memory-
-hierarchy contention from the other core, which the cache-resident reference barely feels
-(a one-thread training loop on the other core slowed prefill by 1% for L2 d64, 4.5% for
-L4 d128 and 10% for L6 d128, and the reference by 2%). And dividing
-out drift needs a per-node baseline to give milliseconds again, i.e. state across
-measurements. So `measure` reports plain milliseconds and stays pure; the benchmark keeps the
-comparison. (A ``reference_ms`` field in `ProfileLatency` would let the driver divide drift
-out over a whole search on one node; it costs ~20 ms per measurement.)
-
-Measured stability (``bench/bench_latency_stability.py``: 5 fresh processes, profile cpu-1t,
-four exported candidates from the tiny space L2 d64 .. L6 d128, pinned to one core; CV is the
-median over processes of the within-run robust CV, spread is (max - min) / median of the five
-medians):
-
-* quieter machine (12-21% CPU pressure, 2 runs, 16 rows): CV median 1.9% (decode 1.8%,
-  prefill 2.2%); spread median 2.7% (decode 2.6%, prefill 3.2%), 9 of 16 rows <= 3%, worst
-  8% (the largest candidate's prefill, 4-8%: the L3-bound case above).
-* loaded by other engineers' jobs (27-55% CPU pressure, 4 runs): CV 2.7%, spread median
-  5.1% (decode 3.9%, prefill 6.7%), worst 17%. Unpinned is worse than pinned when quiet.
-* cpu-2t with both cores of this 2-core VM: 4-13% CV, 4-55% spread -- with wall time, any
-  other process is in the measurement; give two-thread profiles cores nothing else uses.
-* one measurement (prefill + decode, sessions included): 0.35 s (L2 d64), 0.7 s (L4 d96),
-  0.95 s (L4 d128), 1.7 s (L6 d128).
+Not done, on purpose: dividing each measurement by a fixed reference graph timed alongside
+(to cancel machine drift). It helped little on a shared machine, cannot see memory-hierarchy
+contention, and turning the ratio back into milliseconds needs state across measurements, so
+`measure` reports plain milliseconds and stays pure. ``python -m bench.bench_latency_stability`` keeps
+the comparison (`time_samples` takes its graph as ``reference``); the numbers behind these
+choices are in BENCHMARKS.md ("Measurements behind design choices").
 """
 
 from __future__ import annotations
@@ -73,9 +50,10 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
@@ -111,7 +89,7 @@ class GraphPair(NamedTuple):
 
 @dataclass(frozen=True)
 class Samples:
-    """Raw timings in ms, shape (rounds, repeats) per graph; the reference graph if timed."""
+    """Raw timings in ms, shape (rounds, repeats) per graph; a caller's reference graph if given."""
 
     prefill: np.ndarray
     decode: np.ndarray
@@ -135,7 +113,7 @@ def summarize(samples: np.ndarray | list[list[float]]) -> LatencyStats:
 
 # ----- sessions and feeds -----------------------------------------------------------------
 def _session(model: str | bytes, profile: HardwareProfile,
-             cores: list[int] | None = None) -> "onnxruntime.InferenceSession":
+             cores: list[int] | None = None) -> onnxruntime.InferenceSession:
     """A session with the profile's threads; with ``cores``, pool thread i runs on ``cores[i+1]``.
 
     ONNX Runtime pins only its pool threads (the caller's thread is the first of the
@@ -158,7 +136,7 @@ def _session(model: str | bytes, profile: HardwareProfile,
     return ort.InferenceSession(model, options, providers=[profile.provider])
 
 
-def _runner(session: "onnxruntime.InferenceSession", feeds: dict[str, np.ndarray]) -> Callable[[], None]:
+def _runner(session: onnxruntime.InferenceSession, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
     """A zero-argument call that runs the graph once.
 
     IO binding copies the inputs into ONNX Runtime once, so the timed call is the graph
@@ -174,28 +152,6 @@ def _runner(session: "onnxruntime.InferenceSession", feeds: dict[str, np.ndarray
         session.run_with_iobinding(binding)
 
     return run
-
-
-def reference_model() -> bytes:
-    """A fixed graph (an MLP of 256-wide MatMuls) timed next to candidates to expose drift."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    width, layers, rows = 256, 4, 16
-    nodes, inits = [], []
-    x = "x"
-    for i in range(layers):
-        w = numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32) * 0.05, f"w{i}")
-        inits.append(w)
-        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]))
-        nodes.append(helper.make_node("Relu", [f"h{i}"], [f"a{i}"]))
-        x = f"a{i}"
-    graph = helper.make_graph(
-        nodes, "reference",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [rows, width])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return model.SerializeToString()
 
 
 # ----- timing ------------------------------------------------------------------------------
@@ -251,9 +207,8 @@ def _time(runs: dict[str, Callable[[], None]], profile: HardwareProfile) -> tupl
     """Per round, each graph in its own block: warm-up then back-to-back timed runs.
 
     Blocks rather than run-by-run interleaving: alternating graphs evicts each other's
-    weights from cache, which made decode 1.5-1.7x slower than back-to-back decoding (the
-    deployment case) and made the reference's time depend on the candidate next to it.
-    Rounds still interleave the graphs, so slow drift reaches all of them.
+    weights from cache and times a slower decode than back-to-back decoding (the
+    deployment case). Rounds still interleave the graphs, so slow drift reaches all of them.
     """
     out = {name: np.empty((profile.rounds, profile.repeats)) for name in runs}
     retried = 0
@@ -267,8 +222,12 @@ def _time(runs: dict[str, Callable[[], None]], profile: HardwareProfile) -> tupl
 
 
 def time_samples(graphs: HasGraphs, profile: HardwareProfile, cpus: set[int] | None = None,
-                 *, reference: bool = False, cache_dir: Path | None = None) -> Samples:
-    """Raw timings (ms) of prefill, decode and optionally the reference graph (for benchmarks)."""
+                 *, reference: bytes | None = None, cache_dir: Path | None = None) -> Samples:
+    """Raw timings (ms) of prefill and decode, as `measure` takes them.
+
+    ``reference``: a serialized graph with one input row, timed in the same rounds and never
+    quantized, so a benchmark can see how much of a candidate's spread is machine drift.
+    """
     check_available(profile)
     cores = sorted(cpus) if cpus else None
     if cores is not None and len(cores) < profile.intra_op_threads:
@@ -291,35 +250,22 @@ def time_samples(graphs: HasGraphs, profile: HardwareProfile, cpus: set[int] | N
         for name, (model, seq, past) in shapes.items():
             session = _session(model, profile, cores)
             runs[name] = _runner(session, session_feeds(session, profile.batch, seq, past))
-        if reference:
-            session = _session(reference_model(), profile, cores)
+        if reference is not None:
+            session = _session(reference, profile, cores)
             runs["reference"] = _runner(session, session_feeds(session, 1, 1, 0))
         timings, retried = _time(runs, profile)
     return Samples(timings["prefill"], timings["decode"], timings.get("reference"), retried)
 
 
-def measure(prefill: HasGraphs | str | Path, decode: HardwareProfile | str | Path | None = None,
-            profile: HardwareProfile | set[int] | None = None, cpus: set[int] | None = None, *,
+def measure(graphs: HasGraphs, profile: HardwareProfile, cpus: set[int] | None = None, *,
             cache_dir: Path | None = None) -> ProfileLatency:
     """Latency of a candidate's prefill and decode graphs on ``profile``; pure apart from the int8 cache.
 
-    Two call forms: ``measure(graphs, profile, cpus=None)`` with any object that has
-    ``.prefill``/``.decode`` paths (`nas.onnx_export.OnnxGraphs`, `GraphPair`), and
-    ``measure(prefill_path, decode_path, profile, cpus=None)``. ``cpus``: cores to pin the
-    timing threads to (restored afterwards). ``node`` is this host's name; a driver that knows
-    better (a Ray node id) replaces it with `dataclasses.replace`.
+    ``graphs``: anything with ``.prefill``/``.decode`` paths (`nas.onnx_export.OnnxGraphs`,
+    `GraphPair`). ``cpus``: cores to pin the timing threads to (restored afterwards). ``node``
+    is this host's name; a driver that knows better (a Ray node id) replaces it with
+    `dataclasses.replace`.
     """
-    if isinstance(decode, HardwareProfile):  # measure(graphs, profile[, cpus])
-        if profile is not None and cpus is not None:
-            raise TypeError("measure(graphs, profile, cpus) got cpus twice")
-        graphs: HasGraphs = prefill  # type: ignore[assignment]
-        profile, cpus = decode, cpus if profile is None else profile  # type: ignore[assignment]
-    elif decode is None or profile is None:  # measure(graphs, profile=...)
-        graphs, profile = prefill, profile or decode  # type: ignore[assignment]
-    else:
-        graphs = GraphPair(Path(prefill), Path(decode))  # type: ignore[arg-type]
-    if not isinstance(profile, HardwareProfile):
-        raise TypeError(f"measure needs a HardwareProfile, got {type(profile).__name__}")
     samples = time_samples(graphs, profile, cpus, cache_dir=cache_dir)
     return ProfileLatency(profile=profile.name, profile_hash=profile.hash,
                           prefill=summarize(samples.prefill), decode=summarize(samples.decode),

@@ -2,20 +2,12 @@
 
 Graph I/O names and symbolic dims are documented in `nas.onnx_io` (``batch``, ``seq``, ``past``).
 
-Exporter choice. Measured on this project's 2-core machine while other engineers' jobs ran (load
-average 3-3.7), torch 2.13 CPU, one torch thread, median of 3 in one process, both graphs; two runs:
-
-    model            TorchScript     torch.export    export_onnx (TorchScript + checker + parity)
-    L2 d64 h4/kv2    0.20 / 0.41 s   4.8 / 8.9 s     0.24 / 0.52 s
-    L4 d64 h4/kv2    0.39 / 0.94 s   7.2 / 16.5 s    0.47 / 1.16 s
-
-A fresh process's first `export_onnx` of the L2 model took 0.3-0.8 s. Both exporters give the
-same parity (~3e-7 on logits). In ONNX Runtime the TorchScript graphs run within ~10% of the
-dynamo ones (L2 d64, 1 thread: decode at past 64 0.065 vs 0.060 ms, 64-token prefill 0.237 vs
-0.212 ms; linear attention decode 0.044 vs 0.047 ms): more shape-arithmetic nodes, same math.
-The dynamo exporter spends its time in ``torch.export`` tracing, decompositions and the onnxscript
-optimiser. A search exports every candidate, so we use the TorchScript exporter: deprecated but
-still shipped in torch 2.13, and the project pins ``torch<2.14``. `EXPORTER` names the one in use.
+Exporter choice: the TorchScript exporter, because a search exports every candidate and it is
+more than an order of magnitude faster than the dynamo (``torch.export``) exporter at these
+sizes, with the same parity and graphs that run within ~10% of the dynamo ones in ONNX Runtime
+(more shape-arithmetic nodes, same math; numbers in BENCHMARKS.md, "Measurements behind design
+choices"). It is deprecated but still shipped in torch 2.13, and the project pins
+``torch<2.14``. `EXPORTER` names the one in use.
 
 TorchScript specifics handled after export (`_finish`):
 
@@ -32,7 +24,7 @@ TorchScript specifics handled after export (`_finish`):
 * input/output shapes are rewritten from the architecture (clean symbolic names, static dims).
 
 Parity tolerance: for every output, ``max|ort - torch| <= PARITY_RTOL * max(1, max|torch|)``
-(1e-4 relative to the output's scale; fp32 kernels differ by ~1e-7 relative here). A mismatch,
+(1e-4 relative to the output's scale, far above the fp32 kernels' own differences). A mismatch,
 shape difference or non-finite value raises `ExportError` naming the graph, output and diff.
 """
 
@@ -42,8 +34,9 @@ import copy
 import io
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -55,6 +48,9 @@ from nas.architecture import Architecture
 from nas.errors import ExportError
 from nas.model import NasLM
 from nas.onnx_io import METADATA_ARCHITECTURE, METADATA_GRAPH, OnnxGraphs, make_feeds
+
+if TYPE_CHECKING:
+    import onnxruntime as ort  # imported where sessions are made: not needed to export
 
 __all__ = ["DEFAULT_OPSET", "EXPORTER", "OnnxGraphs", "PARITY_RTOL", "export_onnx"]
 
@@ -109,7 +105,7 @@ def export_onnx(model: NasLM, arch: Architecture, out_dir: Path, check: bool = T
     names = model.cache_names()
     was_training = model.training
     # Tiny matmuls gain nothing from a second thread, and on a shared 2-core machine OpenMP's
-    # second thread waits for a busy core: one thread measured 0.6 s here against 3.0 s with two.
+    # second thread waits for a busy core (several times slower; BENCHMARKS.md).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model.eval()
@@ -286,7 +282,7 @@ def _pretranspose_weights(g: onnx.GraphProto) -> None:
 
 
 # ----- parity ---------------------------------------------------------------------------
-def _session(proto: onnx.ModelProto, graph: str):  # noqa: ANN202 - onnxruntime is imported lazily
+def _session(proto: onnx.ModelProto, graph: str) -> ort.InferenceSession:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -299,12 +295,13 @@ def _session(proto: onnx.ModelProto, graph: str):  # noqa: ANN202 - onnxruntime 
         raise ExportError(f"{graph} graph: ONNX Runtime cannot load it: {err}") from err
 
 
-def _run(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:  # noqa: ANN001
+def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """One ONNX Runtime call (a seam for tests that perturb outputs)."""
     return session.run(None, feeds)
 
 
-def _run_checked(graph: str, session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:  # noqa: ANN001
+def _run_checked(graph: str, session: ort.InferenceSession,
+                 feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     try:
         return _run(session, feeds)
     except Exception as err:

@@ -10,31 +10,25 @@ and ``budget.max_seconds`` ends it as ``"timeout"`` (still evaluated).
 The run is scored in fp32 on `nas.data.validation_batches` (the same tokens for every
 candidate). ``tokens_per_s`` covers the training loop; ``seconds`` the whole call.
 
-Speed choices, measured on the 2-core AMD EPYC (Zen 5: AVX-512, AVX512-BF16, no AMX) dev VM,
-torch 2.13 CPU, one thread (the VM is shared: figures are from quiet moments or ranges):
+Speed choices (the measurements behind them are in BENCHMARKS.md, "Measurements behind design
+choices"):
 
-* bf16 autocast on CPU: OFF by default, ``NAS_CPU_BF16=1`` turns it on. The issue allows it
-  only if it is faster *without hurting the ranking*; speed is measured below, the ranking is
-  not yet (see BENCHMARKS.md), and the smallest candidates train slower with it. torch.mm runs ~4x faster in bf16 here (~400 vs
-  ~100 GFLOP/s). Training, 16x64 budget, fp32 -> bf16 tokens/s (quiet machine): 0.15M params
-  54k -> 42k (0.8x: casts dominate), 0.6M 17.9k -> 18.8k, 1.1M 11.6k -> 14.0k (1.2x), 3.6M
-  3.7k -> 6.0k (1.6x), 9.5M 1.44k -> 4.2k (2.9x). When on, it is on for every size so all
-  candidates of a search train alike. Cost: 1.1M params on 200k stdlib tokens scored 2.080 vs 2.065 nats
-  (fp32). Weights and optimizer state stay fp32; the loss and evaluation run in fp32.
-* AdamW ``fused=True``: one optimizer step (with clipping) 0.24 vs 0.51 ms (foreach) at
-  0.15M params, 8.5 vs 36 ms at 9.5M.
-* ``torch.compile`` rejected: 50-57 s to compile the first step on this VM and no faster
-  afterwards, while a whole proxy run takes seconds.
+* bf16 autocast on CPU: OFF by default, ``NAS_CPU_BF16=1`` turns it on. It is faster only for
+  the larger candidates (the smallest train slower: casts dominate) and its effect on the
+  ranking is not measured yet. When on, it is on for every size so all candidates of a search
+  train alike. Weights and optimizer state stay fp32; the loss and evaluation run in fp32.
+* AdamW ``fused=True``: the optimizer step is several times cheaper than ``foreach``.
+* ``torch.compile`` rejected: compiling the first step takes far longer than a whole proxy run,
+  and the compiled steps were no faster.
 * Losses stay in a device tensor, read every ``_CHECK_EVERY`` steps (or 0.5 s) instead of a
   per-step ``.item()`` (a host sync on CUDA); divergence is still pinned to its exact step.
-* ``zero_grad(set_to_none=True)``; evaluation under ``torch.inference_mode``. Profiling the
-  1.1M model shows ~70% of CPU time in ``aten::mm``: little Python overhead is left.
+* ``zero_grad(set_to_none=True)``; evaluation under ``torch.inference_mode``. Most CPU time is
+  in ``aten::mm``: little Python overhead is left.
 
 Threads: ``threads`` (default: every core this process may use) is set with
 ``torch.set_num_threads`` and restored. libgomp spins between parallel regions, so when another
-process shares the cores, 2 threads on this 2-core VM fell from ~16-19k to 0.2-2k tokens/s
-(1.1M params); ``OMP_WAIT_POLICY=PASSIVE`` (set before torch is imported) kept 6-10k there but
-costs ~35% on an idle machine. Give training reserved cores (`nas.affinity`) or one thread.
+process shares the cores multi-threaded training collapses (``OMP_WAIT_POLICY=PASSIVE`` helps
+there but costs on an idle machine). Give training reserved cores (`nas.affinity`) or one thread.
 """
 
 from __future__ import annotations
@@ -119,7 +113,7 @@ def make_optimizer(model: NasLM, budget: ProxyBudget) -> torch.optim.AdamW:
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": budget.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    # fused: one kernel for all tensors; measured 4x faster than foreach on CPU (docstring).
+    # fused: one kernel for all tensors, several times faster than foreach on CPU (BENCHMARKS.md).
     return torch.optim.AdamW(groups, lr=budget.lr, betas=(0.9, 0.95), fused=True)
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from nas.builtin import shipped_dir
 from nas.errors import ConfigError, NotFoundError, ProviderError
 from nas.hardware import (
-    PROFILE_DIRS,
     HardwareProfile,
     check_available,
     list_profiles,
@@ -45,8 +45,12 @@ def test_shipped_profiles_differ_where_named():
     assert set(SHIPPED) <= set(list_profiles())
 
 
-def test_profiles_are_found_next_to_the_package():
-    assert PROFILE_DIRS[0] == Path(__file__).resolve().parents[1] / "hardware_profiles"
+def test_shipped_profiles_are_package_data_and_the_checkout_dir_links_to_them():
+    # Package data is what a wheel install has; the top-level directory README names is the
+    # same directory, so a checkout has one copy of each file.
+    root = Path(__file__).resolve().parents[1]
+    assert shipped_dir("hardware_profiles") == root / "nas" / "builtin" / "hardware_profiles"
+    assert (root / "hardware_profiles").resolve() == shipped_dir("hardware_profiles")
 
 
 def test_load_by_path_and_comma_list(tmp_path):
