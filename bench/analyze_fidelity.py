@@ -1,7 +1,8 @@
 """Item 1 (and 3a) tables from the runs bench/collect_fidelity.py and collect_table.py stored.
 
-    python bench/analyze_fidelity.py                 # seconds; reads bench/results/*.jsonl
-    python bench/analyze_fidelity.py --ref 500000    # against the earlier 500k reference
+    python -m bench.analyze_fidelity                 # seconds; reads bench/results/fidelity/*.jsonl
+    python -m bench.analyze_fidelity --ref 500000    # against the earlier 500k reference
+    python -m bench.analyze_fidelity --smoke         # the committed rows, 50 bootstrap resamples
 
 Per corpus and ladder rung: Spearman rho and Kendall tau between the proxy's loss and the
 reference loss (seed 0 at the reference budget), with 95% bootstrap intervals (2000 resamples
@@ -16,35 +17,35 @@ tokens/s) over the one-thread fp32 matmul FLOP/s measured right before each run.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import argparse
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy.stats import kendalltau, spearmanr
 
-from bench._util import RESULTS, read_jsonl
-from bench.common import markdown_table
+from bench.common import add_smoke_flag, markdown_table, read_jsonl, results_dir
 
-B = 2000
+Stat = Callable[[np.ndarray, np.ndarray], float]
+_RESAMPLES = {"n": 2000}  # bootstrap resamples; --smoke lowers it
 
 
-def _rho(a, b):
+def _rho(a: np.ndarray, b: np.ndarray) -> float:
     return spearmanr(a, b).statistic
 
 
-def _tau(a, b):
+def _tau(a: np.ndarray, b: np.ndarray) -> float:
     return kendalltau(a, b).statistic
 
 
-def boot(a, b, fn, rng, c=None):
+def boot(a: Any, b: Any, fn: Stat, rng: np.random.Generator,
+         c: Any = None) -> tuple[float, float, float]:
     """Point estimate and 95% percentile interval; with ``c``: fn(a, b) - fn(c, b), paired."""
     a, b = np.asarray(a), np.asarray(b)
     n = len(a)
     point = fn(a, b) - (fn(c, b) if c is not None else 0)
     stats = []
-    for _ in range(B):
+    for _ in range(_RESAMPLES["n"]):
         i = rng.integers(0, n, n)
         if len(set(i)) < 3:
             continue
@@ -55,13 +56,13 @@ def boot(a, b, fn, rng, c=None):
     return point, lo, hi
 
 
-def recall(proxy, ref, k):
+def recall(proxy: np.ndarray, ref: np.ndarray, k: int) -> float:
     best = set(np.argsort(ref)[:k])
     top = set(np.argsort(proxy)[: 2 * k])
     return len(best & top) / k
 
 
-def fmt(p, lo, hi):
+def fmt(p: float, lo: float, hi: float) -> str:
     return f"{p:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
@@ -73,15 +74,17 @@ def _where(rows: list[dict]) -> str:
 def fidelity(ref_tokens: int | None = None) -> str:
     """``ref_tokens``: the reference budget (default: the longest); shorter references become
     one more rung of the ladder."""
-    rows = [r for r in read_jsonl(*sorted(RESULTS.glob("fidelity_*.jsonl"))) if np.isfinite(r["val_loss"])]
+    rows = [r for r in read_jsonl(*sorted(results_dir("fidelity").glob("fidelity_*.jsonl")))
+            if np.isfinite(r["val_loss"])]
     if ref_tokens is None:
         ref_tokens = max(r["tokens"] for r in rows if r["kind"] == "ref")
     rng = np.random.default_rng(0)
     out = []
     for corpus in ("shakespeare", "wikitext"):
         rs = [r for r in rows if r["corpus"] == corpus]
-        ref = {r["hash"]: r for r in rs if r["kind"] == "ref" and r["seed"] == 0 and r["tokens"] == ref_tokens}
-        ref1 = {r["hash"]: r for r in rs if r["kind"] == "ref" and r["seed"] == 1 and r["tokens"] == ref_tokens}
+        refs = [r for r in rs if r["kind"] == "ref" and r["tokens"] == ref_tokens]
+        ref = {r["hash"]: r for r in refs if r["seed"] == 0}
+        ref1 = {r["hash"]: r for r in refs if r["seed"] == 1}
         # Every seed-0 run that is not the reference predicts it: the ladder and other references.
         rungs = sorted({r["tokens"] for r in rs if r["seed"] == 0 and r["tokens"] != ref_tokens})
         table = []
@@ -93,7 +96,8 @@ def fidelity(ref_tokens: int | None = None) -> str:
             p = np.array([px[h]["val_loss"] for h in hs])
             y = np.array([ref[h]["val_loss"] for h in hs])
             k = 10 if len(hs) >= 40 else max(2, len(hs) // 4)
-            table.append([f"proxy {t // 1000}k tokens ({_where(list(px.values()))})", len(hs), fmt(*boot(p, y, _rho, rng)),
+            table.append([f"proxy {t // 1000}k tokens ({_where(list(px.values()))})", len(hs),
+                          fmt(*boot(p, y, _rho, rng)),
                           fmt(*boot(p, y, _tau, rng)), f"{recall(p, y, k):.2f} (top {k} in {2 * k})",
                           fmt(*boot(p, y, _rho, rng, c=-np.array([ref[h]["params"] for h in hs])))])
         hs = sorted(ref)
@@ -101,7 +105,8 @@ def fidelity(ref_tokens: int | None = None) -> str:
             y = np.array([ref[h]["val_loss"] for h in hs])
             q = -np.array([ref[h]["params"] for h in hs], dtype=float)
             k = 10 if len(hs) >= 40 else max(2, len(hs) // 4)
-            table.append(["parameter count", len(hs), fmt(*boot(q, y, _rho, rng)), fmt(*boot(q, y, _tau, rng)),
+            table.append(["parameter count", len(hs), fmt(*boot(q, y, _rho, rng)),
+                          fmt(*boot(q, y, _tau, rng)),
                           f"{recall(q, y, k):.2f} (top {k} in {2 * k})", "-"])
             other = [h for h in hs if h in ref1]
             if len(other) >= 4:
@@ -121,7 +126,8 @@ def fidelity(ref_tokens: int | None = None) -> str:
 
 
 def throughput() -> str:
-    rows = read_jsonl(*sorted(RESULTS.glob("fidelity_*.jsonl"))) + read_jsonl(RESULTS / "tiny_table.jsonl")
+    rows = (read_jsonl(*sorted(results_dir("fidelity").glob("fidelity_*.jsonl")))
+            + read_jsonl(results_dir("search_efficiency") / "tiny_table.jsonl"))
     bins = [(0, 1e5), (1e5, 3e5), (3e5, 1e6), (1e6, 2e6)]
     table = []
     for lo, hi in bins:
@@ -140,7 +146,7 @@ def throughput() -> str:
 
 def table_breakdown() -> str:
     """Where a table candidate's evaluation time went (bench/collect_table.py, one thread)."""
-    rows = [r for r in read_jsonl(RESULTS / "tiny_table.jsonl") if "seconds" in r]
+    rows = [r for r in read_jsonl(results_dir("search_efficiency") / "tiny_table.jsonl") if "seconds" in r]
     if not rows:
         return ""
     table = []
@@ -150,21 +156,28 @@ def table_breakdown() -> str:
             continue
         tot = {k: sum(x[k] for x in sel) for k in ("train", "export", "latency")}
         allv = sum(tot.values())
+        at_500k = 1 - 10 * tot["train"] / (10 * tot["train"] + tot["export"] + tot["latency"])
         table.append([f"{lo / 1e6:g}-{hi / 1e6:g}M", len(sel), f"{tot['train'] / len(sel):.2f}",
                       f"{tot['export'] / len(sel):.2f}", f"{tot['latency'] / len(sel):.2f}",
                       f"{(1 - tot['train'] / allv) * 100:.0f}%",
-                      f"{(1 - 10 * tot['train'] / (10 * tot['train'] + tot['export'] + tot['latency'])) * 100:.0f}%"])
+                      f"{at_500k * 100:.0f}%"])
     return markdown_table(["params", "candidates", "train s (50k tokens)", "export s", "latency s",
                            "outside training", "same at 500k tokens (train x10)"], table)
 
 
-if __name__ == "__main__":
-    import argparse
-
+def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ref", type=int, default=None, help="reference tokens (default: longest)")
-    print(fidelity(ap.parse_args().ref))
+    add_smoke_flag(ap)
+    args = ap.parse_args()
+    if args.smoke:  # reads the stored rows and writes nothing: fewer resamples is all it needs
+        _RESAMPLES["n"] = 50
+    print(fidelity(args.ref))
     print("\nThroughput of the proxy runs above (one thread, fp32):\n")
     print(throughput())
     print("\nTable candidates (50k tokens): mean seconds per step\n")
     print(table_breakdown())
+
+
+if __name__ == "__main__":
+    main()

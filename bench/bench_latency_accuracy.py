@@ -1,18 +1,20 @@
 """Item 2: latency accuracy over many architectures -- CV, sweep-to-sweep rank agreement,
 and the error of timing while a training process runs on the other core.
 
-    python bench/bench_latency_accuracy.py all [--n 60] [--pause-pid PID ...]   # ~6 minutes
-    python bench/bench_latency_accuracy.py report                               # tables only
+    python -m bench.bench_latency_accuracy all [--n 60] [--pause-pid PID ...]   # ~6 minutes
+    python -m bench.bench_latency_accuracy report                               # tables only
+    python -m bench.bench_latency_accuracy all --smoke   # seconds: 5 small candidates, 2 sweeps
 
 ``all`` = ``export`` then four sweeps, each a fresh process (``sweep --tag T --condition C``):
 idle1, busy1, idle2, busy2 (interleaved so slow drift of the machine hits both conditions).
 
 * export: ``--n`` distinct uniform draws from `tiny.yaml` (params <= 1.5M), untrained weights
   (latency depends on shape, not weights), exported with `nas.onnx_export.export_onnx` into
-  ``~/.cache/nas-bench/latency_graphs`` (graphs are weights: kept out of the repository).
+  ``$NAS_BENCH_CACHE/latency_graphs`` (default ``~/.cache/nas-bench``; graphs are weights:
+  kept out of the repository).
 * sweep: `nas.latency.measure(graphs, cpu-1t, cpus={0})` -- the product's measurement, pinned to
   core 0 -- for every candidate; one JSON line per candidate in
-  bench/results/latency_sweeps.jsonl (resumable by (tag, hash)).
+  bench/results/latency_accuracy/latency_sweeps.jsonl (resumable by (tag, hash)).
   ``--condition busy``: a real proxy-training loop (`nas.proxy.train`, 1.1M-parameter
   candidate, one thread) runs pinned to core 1 for the whole sweep -- what a search that trains
   on one core while timing on the other sees. ``idle``: no training of ours runs, i.e. the
@@ -22,57 +24,91 @@ idle1, busy1, idle2, busy2 (interleaved so slow drift of the machine hits both c
 * report: median and p95 of the within-measurement robust CV (profile cpu-1t: 10 rounds x 40
   runs), Kendall tau between the two idle sweeps and between the two busy sweeps, and the
   relative error busy vs idle (per candidate: busy median / mean of the idle medians - 1).
+
+``--smoke``: five candidates of <= 200k parameters, cpu-1t with 1 warm-up and 2 x 3 timed runs,
+the sweeps idle1 and busy1 only, results and graphs in a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench._util import RESULTS, append_jsonl, read_jsonl, sample_archs
-from bench.common import format_machine, machine_info, markdown_table
+from bench.common import (
+    ROOT,
+    add_smoke_flag,
+    append_jsonl,
+    format_machine,
+    machine_info,
+    markdown_table,
+    read_jsonl,
+    results_dir,
+    sample_archs,
+    start_smoke,
+)
 
-OUT = RESULTS / "latency_sweeps.jsonl"
-GRAPHS = Path(os.environ.get("NAS_BENCH_CACHE", Path.home() / ".cache" / "nas-bench")) / "latency_graphs"
+if TYPE_CHECKING:
+    from nas.architecture import Architecture
+    from nas.hardware import HardwareProfile
+
 SEED = 99
 SWEEPS = (("idle1", "idle"), ("busy1", "busy"), ("idle2", "idle"), ("busy2", "busy"))
+SMOKE_SWEEPS = SWEEPS[:2]
+SMOKE_MAX_PARAMS = 2e5
 
 
-def _archs(n: int):
+def sweeps_path() -> Path:
+    return results_dir("latency_accuracy") / "latency_sweeps.jsonl"
+
+
+def graphs_dir() -> Path:
+    """Read at call time: ``--smoke`` moves ``$NAS_BENCH_CACHE`` to its temporary folder."""
+    cache = os.environ.get("NAS_BENCH_CACHE", Path.home() / ".cache" / "nas-bench")
+    return Path(cache) / "latency_graphs"
+
+
+def _archs(n: int, smoke: bool) -> list[Architecture]:
     from nas.space import load_space
 
-    return sample_archs(load_space("tiny"), n, SEED)
+    return sample_archs(load_space("tiny"), n, SEED, max_params=SMOKE_MAX_PARAMS if smoke else None)
 
 
-def export(n: int) -> None:
+def _profile(smoke: bool) -> HardwareProfile:
+    from nas.hardware import load_profile
+
+    profile = load_profile("cpu-1t")
+    return dataclasses.replace(profile, warmup=1, repeats=3, rounds=2) if smoke else profile
+
+
+def export(n: int, smoke: bool) -> None:
     import torch
 
     from nas.model import build_model
     from nas.onnx_export import export_onnx
 
     torch.set_num_threads(1)
-    for arch in _archs(n):
-        d = GRAPHS / arch.hash
+    for arch in _archs(n, smoke):
+        d = graphs_dir() / arch.hash
         if (d / "decode.onnx").is_file() and (d / "model.onnx").is_file():
             continue
         export_onnx(build_model(arch, seed=0), arch, d, check=False)
-    print(f"{n} candidates exported to {GRAPHS}", flush=True)
+    print(f"{n} candidates exported to {graphs_dir()}", flush=True)
 
 
 def _load_loop(seconds: float) -> None:
     """A real training load: proxy-train a 1.1M-parameter candidate again and again, core 1."""
     import torch
 
-    from bench._util import corpus
+    from bench.common import corpus
     from nas.architecture import Architecture
     from nas.proxy import train
     from nas.specs import ProxyBudget
@@ -86,13 +122,13 @@ def _load_loop(seconds: float) -> None:
         train(arch, ProxyBudget(tokens=50_000, val_tokens=4096), data, threads=1)
 
 
-def sweep(tag: str, condition: str, n: int, pause: list[int]) -> None:
-    from nas.hardware import load_profile
+def sweep(tag: str, condition: str, n: int, pause: list[int], smoke: bool) -> None:
     from nas.latency import GraphPair, measure
 
-    profile = load_profile("cpu-1t")
-    done = {r["hash"] for r in read_jsonl(OUT) if r["tag"] == tag}
-    archs = [a for a in _archs(n) if a.hash not in done]
+    profile = _profile(smoke)
+    out = sweeps_path()
+    done = {r["hash"] for r in read_jsonl(out) if r["tag"] == tag}
+    archs = [a for a in _archs(n, smoke) if a.hash not in done]
     if not archs:
         return
     load = None
@@ -100,12 +136,13 @@ def sweep(tag: str, condition: str, n: int, pause: list[int]) -> None:
         os.kill(pid, signal.SIGSTOP)
     try:
         if condition == "busy":
-            load = subprocess.Popen([sys.executable, __file__, "_load", "--seconds", "3600"])
-            time.sleep(3)  # let it reach its training loop
+            load = subprocess.Popen([sys.executable, "-m", "bench.bench_latency_accuracy", "_load",
+                                     "--seconds", "3600"], cwd=ROOT)
+            time.sleep(1 if smoke else 3)  # let it reach its training loop
         for arch in archs:
-            d = GRAPHS / arch.hash
+            d = graphs_dir() / arch.hash
             lat = measure(GraphPair(d / "model.onnx", d / "decode.onnx"), profile, cpus={0})
-            append_jsonl(OUT, {"tag": tag, "condition": condition, "hash": arch.hash,
+            append_jsonl(out, {"tag": tag, "condition": condition, "hash": arch.hash,
                                "params": arch.n_params, "describe": arch.describe(),
                                "decode_ms": lat.decode.median_ms, "decode_cv": lat.decode.cv,
                                "prefill_ms": lat.prefill.median_ms, "prefill_cv": lat.prefill.cv,
@@ -120,14 +157,14 @@ def sweep(tag: str, condition: str, n: int, pause: list[int]) -> None:
     print(f"sweep {tag} ({condition}): {len(archs)} candidates", flush=True)
 
 
-def _kendall(a, b) -> float:
+def _kendall(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import kendalltau
 
     return float(kendalltau(a, b).statistic)
 
 
 def report() -> str:
-    rows = read_jsonl(OUT)
+    rows = read_jsonl(sweeps_path())
     by = {}
     for r in rows:
         by.setdefault(r["tag"], {})[r["hash"]] = r
@@ -147,7 +184,7 @@ def report() -> str:
                                "load avg (1 min)"], table))
     table = []
 
-    def common(t1, t2):
+    def common(t1: str, t2: str) -> list[str]:
         hs = sorted(set(by.get(t1, {})) & set(by.get(t2, {})))
         return hs
 
@@ -193,22 +230,27 @@ def main() -> None:
     ap.add_argument("--condition", choices=["idle", "busy"])
     ap.add_argument("--pause-pid", type=int, action="append", default=[])
     ap.add_argument("--seconds", type=float, default=600)
+    add_smoke_flag(ap)
     args = ap.parse_args()
     if args.cmd == "_load":
         _load_loop(args.seconds)
         return
+    if args.smoke:
+        start_smoke()  # the environment carries it to the sweep processes
+        args.n = 5
     if args.cmd != "report":
         print(format_machine(machine_info(threads=1)), flush=True)
     if args.cmd in ("all", "export"):
-        export(args.n)
+        export(args.n, args.smoke)
     if args.cmd == "sweep":
-        sweep(args.tag, args.condition, args.n, args.pause_pid)
+        sweep(args.tag, args.condition, args.n, args.pause_pid, args.smoke)
     if args.cmd == "all":
-        for tag, cond in SWEEPS:
-            cmd = [sys.executable, __file__, "sweep", "--tag", tag, "--condition", cond, "--n", str(args.n)]
+        for tag, cond in SMOKE_SWEEPS if args.smoke else SWEEPS:
+            cmd = [sys.executable, "-m", "bench.bench_latency_accuracy", "sweep", "--tag", tag,
+                   "--condition", cond, "--n", str(args.n)]
             for pid in args.pause_pid:
                 cmd += ["--pause-pid", str(pid)]
-            subprocess.run(cmd, check=True)
+            subprocess.run(cmd + (["--smoke"] if args.smoke else []), check=True, cwd=ROOT)
     if args.cmd in ("all", "report"):
         print(report())
 

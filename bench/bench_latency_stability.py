@@ -1,11 +1,13 @@
 """How reproducible is `nas.latency.measure`? Within one run and across fresh processes.
 
-    python bench/bench_latency_stability.py [--processes 5] [--profile cpu-1t] [--cpus 1] [--json]
+    python -m bench.bench_latency_stability [--processes 5] [--profile cpu-1t] [--cpus 1] [--json]
+    python -m bench.bench_latency_stability --smoke   # seconds: 2 candidates, 2 processes, few runs
 
 Real candidates from the default (tiny) search space are exported once; then each of
 ``--processes`` fresh Python processes measures every candidate once with the profile's
-warm-up, rounds and repeats, timing the fixed reference graph alongside. Per candidate and
-graph (prefill, decode) it reports:
+warm-up, rounds and repeats (`nas.latency.time_samples`, what `measure` runs), timing the fixed
+reference graph (`reference_model`) in the same rounds. Per candidate and graph (prefill,
+decode) it reports:
 
 * ``cv``: the robust within-run CV (1.4826 MAD / median of single runs, as `LatencyStats.cv`),
   median over processes (max in brackets);
@@ -27,40 +29,53 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import numpy as np
+
+from bench.common import ROOT, add_smoke_flag, format_machine, machine_info, markdown_table, start_smoke
 
 # From the default search space (search_spaces/tiny.yaml), smallest to largest, one per
 # attention kind so the decode graphs differ in kind (KV cache, window, recurrent state).
-CANDIDATES: dict[str, dict] = {
+CANDIDATES: dict[str, dict[str, Any]] = {
     "L2 d64": dict(n_layer=2, d_model=64, n_head=4, n_kv_head=4),
     "L4 d96 linear": dict(n_layer=4, d_model=96, n_head=4, n_kv_head=4, attention="linear"),
     "L4 d128 gqa": dict(n_layer=4, d_model=128, n_head=4, n_kv_head=2),
     "L6 d128 window repeat:2": dict(n_layer=6, d_model=128, n_head=8, n_kv_head=2,
                                     attention="sliding_window", window=32, sharing="repeat:2"),
 }
+SMOKE_CANDIDATES = 2
 
 
-def machine(threads: int) -> tuple[str, dict]:
-    """The shared description (bench/common.py) when present, else a one-line fallback."""
-    try:
-        from bench.common import format_machine, machine_info
-    except ImportError:
-        import onnxruntime
+def reference_model() -> bytes:
+    """A fixed graph (an MLP of 256-wide MatMuls, 16 rows) timed next to candidates to expose drift.
 
-        info = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                "onnxruntime": onnxruntime.__version__}
-        return " | ".join(f"{k} {v}" for k, v in info.items()), info
-    info = machine_info(threads=threads)
-    return format_machine(info), info
+    Cache-resident and shape-fixed, so its time moves only with the machine, not the candidate.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    width, layers, rows = 256, 4, 16
+    nodes, inits = [], []
+    x = "x"
+    for i in range(layers):
+        w = rng.standard_normal((width, width)).astype(np.float32) * 0.05
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]))
+        nodes.append(helper.make_node("Relu", [f"h{i}"], [f"a{i}"]))
+        x = f"a{i}"
+    graph = helper.make_graph(
+        nodes, "reference",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [rows, width])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
 
 
 def cpu_pressure_us() -> int | None:
@@ -72,31 +87,32 @@ def cpu_pressure_us() -> int | None:
     return int(some.rsplit("total=", 1)[1])
 
 
-def export_candidates(out: Path) -> dict[str, tuple[str, str]]:
+def export_candidates(out: Path, labels: list[str]) -> dict[str, tuple[str, str]]:
     from nas.architecture import Architecture
     from nas.model import build_model
     from nas.onnx_export import export_onnx
 
     graphs = {}
-    for label, fields in CANDIDATES.items():
-        arch = Architecture(**fields)
+    for label in labels:
+        arch = Architecture(**CANDIDATES[label])
         exported = export_onnx(build_model(arch), arch, out / arch.hash)
         graphs[label] = (str(exported.prefill), str(exported.decode))
     return graphs
 
 
-def worker(config: dict) -> dict:
+def worker(config: dict[str, Any]) -> dict[str, Any]:
     """One fresh process: measure every candidate once, return the raw samples."""
     from nas.hardware import HardwareProfile
     from nas.latency import GraphPair, time_samples
 
     profile = HardwareProfile.from_dict(config["profile"])
     cpus = set(config["cpus"]) if config["cpus"] else None
+    reference = reference_model()
     out = {}
     for label, (prefill, decode) in config["graphs"].items():
         start = time.perf_counter()
         samples = time_samples(GraphPair(Path(prefill), Path(decode)), profile, cpus,
-                               reference=True, cache_dir=Path(config["cache_dir"]))
+                               reference=reference, cache_dir=Path(config["cache_dir"]))
         assert samples.reference is not None
         # What `measure` alone would have taken: minus the reference's warm-up and timed runs.
         per_run = float(samples.reference.mean()) / 1e3
@@ -111,9 +127,7 @@ def spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values)
 
 
-def analyse(runs: list[dict], labels: list[str]) -> list[dict]:
-    import numpy as np
-
+def analyse(runs: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
     from nas.latency import summarize
 
     rows = []
@@ -137,18 +151,12 @@ def analyse(runs: list[dict], labels: list[str]) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     headers = ["candidate", "graph", "median ms", "cv (max)", "spread", "spread/ref", "ref spread",
                "retried", "s/measure"]
     cells = [[r["candidate"], r["graph"], f"{r['median_ms']:.3f}", f"{r['cv']:.1%} ({r['cv_max']:.1%})",
               f"{r['spread']:.1%}", f"{r['spread_ref']:.1%}", f"{r['ref_spread']:.1%}",
               f"{r['retried']:g}", f"{r['seconds']:.2f}"] for r in rows]
-    try:
-        from bench.common import markdown_table
-    except ImportError:
-        def markdown_table(headers: list[str], rows: list[list]) -> str:
-            lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
-            return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
     return markdown_table(headers, cells)
 
 
@@ -161,10 +169,16 @@ def main() -> None:
         parser.add_argument(f"--{key}", type=int, help=f"override the profile's {key}")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    add_smoke_flag(parser)
     args = parser.parse_args()
     if args.worker:
         json.dump(worker(json.load(sys.stdin)), sys.stdout)
         return
+    labels = list(CANDIDATES)
+    if args.smoke:  # writes no results; the temporary folder holds the product's caches
+        start_smoke()
+        args.processes, args.warmup, args.repeats, args.rounds = 2, 1, 5, 2
+        labels = labels[:SMOKE_CANDIDATES]
 
     from nas.hardware import load_profile
 
@@ -172,27 +186,28 @@ def main() -> None:
     overrides = {k: getattr(args, k) for k in ("warmup", "repeats", "rounds") if getattr(args, k)}
     profile = dataclasses.replace(profile, **overrides)
     cpus = [int(c) for c in args.cpus.split(",") if c.strip()]
-    header, info = machine(profile.intra_op_threads)
+    info = machine_info(threads=profile.intra_op_threads)
     if not args.json:
-        print(header)
+        print(format_machine(info))
         print(f"profile {profile.name}: threads={profile.intra_op_threads} precision={profile.precision} "
               f"warmup={profile.warmup} repeats={profile.repeats} rounds={profile.rounds} "
               f"cpus={cpus or 'unpinned'}", flush=True)
     with tempfile.TemporaryDirectory(prefix="nas-bench-latency-") as tmp:
-        graphs = export_candidates(Path(tmp))
+        graphs = export_candidates(Path(tmp), labels)
         config = {"profile": profile.to_dict(), "cpus": cpus, "graphs": graphs,
                   "cache_dir": str(Path(tmp, "int8"))}
         pressure_before, started = cpu_pressure_us(), time.perf_counter()
         runs = []
         for _ in range(args.processes):
-            done = subprocess.run([sys.executable, __file__, "--worker"], input=json.dumps(config),
-                                  capture_output=True, text=True, check=True, cwd=ROOT)
+            done = subprocess.run([sys.executable, "-m", "bench.bench_latency_stability", "--worker"],
+                                  input=json.dumps(config), capture_output=True, text=True,
+                                  check=True, cwd=ROOT)
             runs.append(json.loads(done.stdout))
         elapsed = time.perf_counter() - started
         pressure_after = cpu_pressure_us()
     pressure = (None if pressure_before is None or pressure_after is None
                 else (pressure_after - pressure_before) / 1e6 / elapsed)
-    rows = analyse(runs, list(graphs))
+    rows = analyse(runs, labels)
     if args.json:
         print(json.dumps({"machine": info, "profile": profile.to_dict(), "cpus": cpus,
                           "processes": args.processes, "cpu_pressure": pressure,

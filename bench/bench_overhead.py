@@ -1,7 +1,7 @@
 """Item 3b: where a search trial's wall time goes, and 1 vs 2 workers.
 
-    python bench/bench_overhead.py [--trials 8] [--pause-pid PID ...]   # ~4 minutes
-    python bench/bench_overhead.py --report-only --db sqlite:////tmp/x.db
+    python -m bench.bench_overhead [--trials 8] [--pause-pid PID ...]   # ~4 minutes
+    python -m bench.bench_overhead --smoke     # one 1-trial search, 2k tokens, few timed runs
 
 Runs the real product twice (`nas search` as a subprocess, fresh SQLite database each time):
 the tiny space with its own budget, profile and corpus, but the *random* sampler with a fixed
@@ -16,7 +16,10 @@ and once with ``--workers 2``. From the store it reads each candidate's ``timing
 
 ``--pause-pid``: our own long-running benchmark processes, stopped (SIGSTOP) while the
 searches run and continued after. Other users' load is not controlled: the load average is
-printed.
+printed. Each search's row goes to bench/results/overhead/overhead.jsonl.
+
+``--smoke``: only ``--workers 1``, one trial of a small corner of the space (1-2 layers, width
+32-48) on 2k tokens of the smoke text, timed by a cpu-1t with few runs; a temporary folder.
 """
 
 from __future__ import annotations
@@ -32,24 +35,29 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from typing import Any
 
 import numpy as np
 import yaml
 
-from bench._util import RESULTS, append_jsonl
-from bench.common import format_machine, machine_info, markdown_table
-
-OUT = RESULTS / "overhead.jsonl"
+from bench.common import (
+    ROOT,
+    add_smoke_flag,
+    append_jsonl,
+    format_machine,
+    machine_info,
+    markdown_table,
+    results_dir,
+    smoke_text,
+    start_smoke,
+)
 
 
 def _ts(s: str) -> float:
     return datetime.fromisoformat(s).timestamp()
 
 
-def read_db(path: str) -> dict:
+def read_db(path: str) -> dict[str, Any]:
     con = sqlite3.connect(path)
     s = con.execute("select started_at, finished_at from nas_searches").fetchone()
     rows = con.execute("select timings, started_at, finished_at, state from nas_candidates "
@@ -63,11 +71,14 @@ def read_db(path: str) -> dict:
     return {"search_wall": _ts(s[1]) - _ts(s[0]) if s[1] else None, "candidates": cands}
 
 
-def run(trials: int, workers: int, space_file: Path, tmp: Path) -> dict:
+def run(trials: int, workers: int, space_file: Path, tmp: Path,
+        profile_file: Path | None) -> dict[str, Any]:
     db = tmp / f"w{workers}.db"
-    cmd = [str(ROOT / ".venv" / "bin" / "nas"), "search", str(space_file), "--name", f"w{workers}",
+    cmd = [sys.executable, "-m", "nas", "search", str(space_file), "--name", f"w{workers}",
            "--trials", str(trials), "--workers", str(workers), "--db", f"sqlite:///{db}",
            "--no-progress"]
+    if profile_file is not None:
+        cmd += ["--profiles", str(profile_file)]
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -88,11 +99,11 @@ def run(trials: int, workers: int, space_file: Path, tmp: Path) -> dict:
            "latency_s": float(lat.sum()), "trial_wall_s": float(twall.sum()),
            "per_trial_outside_training": [float(1 - tr / w) for tr, w in zip(train, twall)],
            "loadavg_start": load0, "loadavg_end": os.getloadavg()[0], "time": time.time()}
-    append_jsonl(OUT, row)
+    append_jsonl(results_dir("overhead") / "overhead.jsonl", row)
     return row
 
 
-def report(rows: list[dict]) -> str:
+def report(rows: list[dict[str, Any]]) -> str:
     table = []
     for r in rows:
         out = np.array(r["per_trial_outside_training"]) * 100
@@ -120,7 +131,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--pause-pid", type=int, action="append", default=[])
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        start_smoke()
+        args.trials = 1
     print(format_machine(machine_info(threads=1)), flush=True)
     from nas.space import load_space
 
@@ -129,18 +144,34 @@ def main() -> None:
     d["name"] = "tiny-random"
     rows = []
     with tempfile.TemporaryDirectory(prefix="nas-overhead-") as tmp:
+        profile_file = smoke_inputs(d, Path(tmp)) if args.smoke else None
         space_file = Path(tmp) / "tiny-random.yaml"
         space_file.write_text(yaml.safe_dump(d, sort_keys=False))
         for pid in args.pause_pid:
             os.kill(pid, signal.SIGSTOP)
         try:
-            for w in (1, 2):
-                rows.append(run(args.trials, w, space_file, Path(tmp)))
+            for w in (1,) if args.smoke else (1, 2):
+                rows.append(run(args.trials, w, space_file, Path(tmp), profile_file))
                 print(f"workers={w}: {rows[-1]['command_wall']:.1f}s", flush=True)
         finally:
             for pid in args.pause_pid:
                 os.kill(pid, signal.SIGCONT)
     print(report(rows))
+
+
+def smoke_inputs(space: dict[str, Any], tmp: Path) -> Path:
+    """Shrink ``space`` in place to seconds per trial; return a cpu-1t profile with few runs."""
+    from nas.hardware import load_profile
+
+    space["budget"].update(tokens=2048, val_tokens=2048)
+    space["data"]["corpus"] = [str(smoke_text())]
+    space["architecture"].update(n_layer={"range": [1, 2], "step": 1}, d_model={"choices": [32, 48]},
+                                 sharing={"choices": ["none"]})
+    profile = load_profile("cpu-1t").to_dict()
+    profile.update(warmup=1, repeats=3, rounds=2)
+    path = tmp / "cpu-1t.yaml"  # a profile's name is its file's name: the objectives name cpu-1t
+    path.write_text(yaml.safe_dump({k: v for k, v in profile.items() if k != "name"}))
+    return path
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Item 4: replay the product's samplers against a stored table of evaluated architectures.
 
-    python bench/bench_search_efficiency.py                  # ~1-2 minutes, no training
-    python bench/bench_search_efficiency.py --trials 50 --seeds 10 --json
-    python bench/bench_search_efficiency.py --table tiny_table_200k    # the second table
+    python -m bench.bench_search_efficiency                  # ~1-2 minutes, no training
+    python -m bench.bench_search_efficiency --trials 50 --seeds 10 --json
+    python -m bench.bench_search_efficiency --table tiny_table_200k    # the second table
+    python -m bench.bench_search_efficiency --smoke          # seconds: 12 trials, 2 seeds, tpe and random
 
-The table (bench/results/tiny_table.jsonl, made by bench/collect_table.py) holds uniformly
+The table (bench/results/search_efficiency/tiny_table.jsonl, made by bench/collect_table.py) holds uniformly
 drawn `tiny.yaml` candidates, each really trained (proxy loss), exported and timed (cpu-1t
 decode ms). A replayed search is exactly the driver's ask/tell loop with the space's own
 sampler (`nas.space.make_sampler`; the space's options resolved for ``--trials``):
@@ -34,23 +35,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 import warnings
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from bench.collect_table import load_rows
-from bench.common import format_machine, machine_info, markdown_table
+from bench.common import add_smoke_flag, format_machine, machine_info, markdown_table
+
+if TYPE_CHECKING:
+    from nas.architecture import Architecture
+    from nas.space import SearchSpace
 
 OBJ = ("val_loss", "latency:cpu-1t:decode_ms")
 
 
-def features(a) -> np.ndarray:
+def features(a: Architecture) -> np.ndarray:
     attn = {"softmax": 0, "sliding_window": 1, "linear": 2}[a.attention]
     share = {"none": 0, "all": 1}.get(a.sharing, 2)
     return np.array([math.log2(a.n_layer), math.log2(a.d_model), math.log2(a.n_head),
@@ -65,7 +67,7 @@ def distance(f: np.ndarray, table: np.ndarray) -> np.ndarray:
     return num + cat
 
 
-def load_table(name: str = "tiny_table"):
+def load_table(name: str = "tiny_table") -> tuple[list[dict[str, Any]], list[Architecture], np.ndarray]:
     from nas.architecture import Architecture
 
     rows = [r for r in load_rows(name)
@@ -80,7 +82,7 @@ def load_table(name: str = "tiny_table"):
     return out, archs, values
 
 
-def space_for(sampler: str, seed: int, trials: int):
+def space_for(sampler: str, seed: int, trials: int) -> SearchSpace:
     from nas.space import SearchSpace, load_space
 
     d = load_space("tiny").to_dict()
@@ -94,7 +96,8 @@ def space_for(sampler: str, seed: int, trials: int):
     return SearchSpace.from_dict(d)
 
 
-def replay(sampler: str, seed: int, trials: int, archs, values, feats, hashes):
+def replay(sampler: str, seed: int, trials: int, values: np.ndarray, feats: np.ndarray,
+           hashes: dict[str, int]) -> tuple[list[int], int, int]:
     import optuna
     from optuna.trial import TrialState
 
@@ -111,7 +114,8 @@ def replay(sampler: str, seed: int, trials: int, archs, values, feats, hashes):
             trial = study.ask()
             arch = space.suggest(trial)
             if space.check_static(arch):
-                space.record_constraints(trial, static_metrics(arch), partial=True)
+                for key, value in space.constraint_dict(static_metrics(arch), partial=True).items():
+                    trial.set_constraint(key, value)
                 study.tell(trial, state=TrialState.PRUNED)
                 pruned += 1
                 continue
@@ -122,7 +126,8 @@ def replay(sampler: str, seed: int, trials: int, archs, values, feats, hashes):
                 exact += 1
             metrics = static_metrics(arch)
             metrics.update({OBJ[0]: values[j, 0], OBJ[1]: values[j, 1]})
-            space.record_constraints(trial, metrics)
+            for key, value in space.constraint_dict(metrics).items():
+                trial.set_constraint(key, value)
             study.tell(trial, space.objective_values(metrics))
             picked.append(j)
     return picked, exact, pruned
@@ -136,10 +141,15 @@ def main() -> None:
                     help="comma-free list separated by ; when options are given, e.g. "
                     "'tpe;tpe:n_startup_trials=20;random'")
     ap.add_argument("--table", default="tiny_table",
-                    help="bench/results/<table>.jsonl from collect_table.py (tiny_table_200k: the "
+                    help="bench/results/search_efficiency/<table>.jsonl from collect_table.py "
+                    "(tiny_table_200k: the "
                     "second table, at the default budget of its time)")
     ap.add_argument("--json", action="store_true")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    draws = 1000  # uniform table draws, the mapping-free baseline
+    if args.smoke:  # reads the stored table and writes nothing: a short replay is all it needs
+        args.trials, args.seeds, args.samplers, draws = 12, 2, "tpe,random", 20
     from scipy.stats import mannwhitneyu
 
     from nas.pareto import hypervolume, pareto_front, reference_point
@@ -159,14 +169,14 @@ def main() -> None:
     t0 = time.perf_counter()
     for sampler in (args.samplers.split(";") if ";" in args.samplers else args.samplers.split(",")):
         for seed in range(args.seeds):
-            picked, exact, pruned = replay(sampler, seed, args.trials, archs, values, feats, hashes)
+            picked, exact, pruned = replay(sampler, seed, args.trials, values, feats, hashes)
             hv = hypervolume(values[sorted(set(picked))], dirs, ref) / hv_table if picked else 0.0
             results.setdefault(sampler, []).append(hv)
             extra.setdefault(sampler, []).append((exact, pruned, len(set(picked))))
     seconds = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     uni = []
-    for _ in range(1000):
+    for _ in range(draws):
         idx = rng.choice(len(values), size=min(args.trials, len(values)), replace=False)
         uni.append(hypervolume(values[idx], dirs, ref) / hv_table)
     results["uniform table draw"] = uni

@@ -1,7 +1,8 @@
 """Service and Pareto scaling: a 10,000-candidate search served, and the 2-D front's growth.
 
-    python bench/bench_service.py            # prints markdown, ~1 minute
-    python bench/bench_service.py --write    # also replaces the section in BENCHMARKS.md
+    python -m bench.bench_service            # prints markdown, ~1 minute
+    python -m bench.bench_service --write    # also replaces the section in BENCHMARKS.md
+    python -m bench.bench_service --smoke    # seconds: 300 candidates, 1 rep, up to 10k points
 
 1. A SQLite database is filled with one search of ``--candidates`` (10,000) synthetic complete
    candidates (tiny-space architectures, a val_loss / decode-latency trade-off with noise, 2%
@@ -26,18 +27,16 @@ import logging
 import math
 import re
 import statistics
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
-from bench.common import ROOT, format_machine, machine_info, markdown_table
+from bench.common import ROOT, add_smoke_flag, format_machine, machine_info, markdown_table, start_smoke
 
 SECTION = "## Service and Pareto scaling"
 READ = "store.candidates (lean: no loss curves)"
@@ -155,7 +154,9 @@ def route_times(url: str, name: str, reps: int) -> tuple[list[list[Any]], dict[s
                 response = client.get(path)
                 samples.append(time.perf_counter() - start)
                 assert response.status_code == 200, (path, response.status_code)
-                while views._refreshing:  # let the background rebuild land before the next rep
+                # Let the background rebuild land before the next rep (the cache has no public
+                # "idle" query; only this benchmark needs one).
+                while views._refreshing:  # noqa: SLF001
                     time.sleep(0.01)
             timings[mode] = statistics.median(samples)
         rows.append([label, f"{timings['cold'] * 1e3:.0f}", f"{timings['warm'] * 1e3:.1f}",
@@ -204,8 +205,8 @@ def pareto_scaling(sizes: list[int], seed: int = 0) -> tuple[list[list[Any]], fl
             ref = min(_time(lambda: np.sort(ref_data), 5))
             refs.append(ref)
             ref_per = ref / (1e6 * math.log2(1e6))
-            t_sort = min(_time(lambda: pareto.non_dominated_sort(values, ["min", "min"]), reps))
-            t_front = min(_time(lambda: pareto.pareto_front(values, ["min", "min"]), reps))
+            t_sort = min(_time(lambda v=values: pareto.non_dominated_sort(v, ["min", "min"]), reps))
+            t_front = min(_time(lambda v=values: pareto.pareto_front(v, ["min", "min"]), reps))
             nlogn = n * math.log2(n)
             rows.append([shape, f"{n:,}", f"{t_sort * 1e3:.1f}", f"{t_sort / nlogn * 1e9:.1f}",
                          f"{t_sort / nlogn / ref_per:.1f}", f"{t_front * 1e3:.1f}",
@@ -213,7 +214,7 @@ def pareto_scaling(sizes: list[int], seed: int = 0) -> tuple[list[list[Any]], fl
     return rows, statistics.median(refs)
 
 
-def _time(fn, reps: int) -> list[float]:
+def _time(fn: Callable[[], object], reps: int) -> list[float]:
     out = []
     for _ in range(reps):
         start = time.perf_counter()
@@ -229,7 +230,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--sizes", default="1000,10000,100000,1000000")
     parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        if args.write:
+            parser.error("--smoke numbers do not belong in BENCHMARKS.md: drop --write")
+        start_smoke()
+        args.candidates, args.reps, args.sizes = 300, 1, "1000,10000"
 
     machine = format_machine(machine_info(threads=1))
     print(machine, flush=True)
@@ -244,7 +251,7 @@ def main() -> None:
     pareto_rows, ref = pareto_scaling([int(s) for s in args.sizes.split(",")])
 
     lines = [SECTION, "",
-             f"`python bench/bench_service.py` (`--write` updates this section). One search of "
+             f"`python -m bench.bench_service` (`--write` updates this section). One search of "
              f"{args.candidates:,} synthetic complete candidates in SQLite (bulk-inserted in "
              f"{fill_s:.1f}s; 50-point loss curves, one Pareto snapshot each, as the driver writes "
              f"them); times are server time in-process (FastAPI TestClient, no network), median "
@@ -264,7 +271,8 @@ def main() -> None:
              "50-point loss curves, which no list, table or figure needs: that was ~60% of the "
              "full read). Once read, a search is served from the app's cached view.", "",
              "Two-objective Pareto computation (`nas.pareto`, random points; `one front`: every "
-             "point non-dominated; fastest of 3-7 runs). `ns/(n log2 n)` flat or falling means growth no worse than "
+             "point non-dominated; fastest of 3-7 runs). `ns/(n log2 n)` flat or falling means "
+             "growth no worse than "
              f"n log n; `vs sort` divides it by the same ratio for NumPy sorting 1M floats, "
              f"measured right before each row (median {ref * 1e3:.0f} ms), so drift of this "
              "shared machine divides out.", "",

@@ -1,14 +1,15 @@
 """Item 5: do small-LM design findings show up with the slm space's structure? Two scales.
 
-    python bench/bench_slm_findings.py [--tokens 300000] [--seeds 2]      # reduced scale, CPU
-    python bench/bench_slm_findings.py --scale slm --device cuda [--shard K/N]   # slm scale, GPU
-    python bench/bench_slm_findings.py --report
+    python -m bench.bench_slm_findings [--tokens 300000] [--seeds 2]      # reduced scale, CPU
+    python -m bench.bench_slm_findings --scale slm --device cuda [--shard K/N]   # slm scale, GPU
+    python -m bench.bench_slm_findings --report
+    python -m bench.bench_slm_findings --smoke   # seconds: the tied pair, 2k tokens, BPE 300
 
 Both scales run the same three *paired* comparisons with the slm space's structure (softmax
 attention, GQA with 2 KV heads, SwiGLU ffn_mult 2.75, BPE vocabulary, lr 2e-3, warm-up 5%),
 seeds 0 and 1, and are resumable: one JSON line per finished run in
-``slm_findings.jsonl`` under the results directory (``$NAS_BENCH_RESULTS``), and a restarted run
-skips what is there. Rows without a ``"scale"`` field are reduced-scale rows.
+``slm_findings/slm_findings.jsonl`` under the results directory (``$NAS_BENCH_RESULTS``), and a
+restarted run skips what is there. Rows without a ``"scale"`` field are reduced-scale rows.
 
 Reduced scale (``--scale reduced``, the default): `slm.yaml`'s models cannot be trained
 meaningfully on a 2-core machine, so ~1.4-2M parameters, BPE vocabulary 2048 (trained by
@@ -46,16 +47,19 @@ first (kernel launches, one per layer op, dominate these small models' GPU steps
 processes started at once share the GPU and get similar work; a file lock lets the first one
 build the tokenizer and token cache while the others wait, then read it. ``--report`` (or the
 end of an unsharded run) prints every row in the file, grouped by scale, device and tokens.
+
+``--smoke``: the reduced scale's tied-embeddings pair, one seed, 2k tokens, a BPE of 300 on the
+smoke text, and the slm scale's corpus walk (files listed, nothing trained); a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
-import sys
 import sysconfig
 import tempfile
 import time
@@ -65,23 +69,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
-from bench import _util
-from bench.common import available_cores, format_machine, machine_info, markdown_table
+from bench.common import (
+    SHARED_DATA,
+    add_smoke_flag,
+    append_jsonl,
+    available_cores,
+    format_machine,
+    machine_info,
+    markdown_table,
+    parse_shard,
+    read_jsonl,
+    results_dir,
+    smoke_text,
+    start_smoke,
+)
 
 if TYPE_CHECKING:
     from nas.architecture import Architecture
     from nas.data import TokenData
 
-RESULTS_NAME = "slm_findings.jsonl"
 MAX_FILE_BYTES = 1_000_000
 
 
 def results_path() -> Path:
-    return _util.RESULTS / RESULTS_NAME  # read at call time: $NAS_BENCH_RESULTS may redirect it
+    return results_dir("slm_findings") / "slm_findings.jsonl"  # read at call time: --smoke moves it
 
 
 # ----- the two scales --------------------------------------------------------------------
@@ -89,6 +102,7 @@ def results_path() -> Path:
 class Scale:
     name: str
     vocab: int
+    corpus_path: Path | None  # reduced scale: one text file; slm scale: the code corpus
     batch_size: int
     seq_len: int
     val_tokens: int
@@ -110,7 +124,8 @@ class Scale:
 
 
 REDUCED = Scale(
-    name="reduced", vocab=2048, batch_size=16, seq_len=128, val_tokens=32_768, tokens=300_000,
+    name="reduced", vocab=2048, corpus_path=SHARED_DATA / "tinyshakespeare.txt", batch_size=16,
+    seq_len=128, val_tokens=32_768, tokens=300_000,
     device="cpu",
     models=(("L8 d128 tied", (8, 128, 4), {}),
             ("L8 d128 untied", (8, 128, 4), {"tie_embeddings": False}),
@@ -124,7 +139,8 @@ REDUCED = Scale(
 )
 # head_dim 64 throughout, as slm.yaml's widths give it.
 SLM = Scale(
-    name="slm", vocab=8192, batch_size=32, seq_len=256, val_tokens=131_072, tokens=20_000_000,
+    name="slm", vocab=8192, corpus_path=None, batch_size=32, seq_len=256, val_tokens=131_072,
+    tokens=20_000_000,
     device="cuda",
     models=(("L10 d384 tied", (10, 384, 6), {}),
             ("L10 d384 untied", (10, 384, 6), {"tie_embeddings": False}),
@@ -211,9 +227,8 @@ def load_data(scale: Scale, corpus_bytes: int) -> tuple[TokenData, dict[str, Any
     from nas.data import prepare
     from nas.specs import DataSpec
 
-    if scale.name == "reduced":
-        path = _util.SHARED_DATA / "tinyshakespeare.txt"
-        data = prepare(DataSpec(corpus=(str(path),), tokenizer=f"bpe:{scale.vocab}"))
+    if scale.corpus_path is not None:
+        data = prepare(DataSpec(corpus=(str(scale.corpus_path),), tokenizer=f"bpe:{scale.vocab}"))
         return data, {"corpus": data.description}
     files, info = code_files(corpus_bytes)
     spec = DataSpec(corpus=tuple(str(p) for p in files), tokenizer=f"bpe:{scale.vocab}")
@@ -255,7 +270,7 @@ def collect(scale: Scale, *, tokens: int, seeds: int, only: str, device: str, th
 
     def done(name: str, seed: int) -> bool:
         key = (scale.name, device, corpus_key, name, seed, tokens)
-        return key in {_key(r) for r in _util.read_jsonl(results_path())}
+        return key in {_key(r) for r in read_jsonl(results_path())}
 
     mine = [u for i, u in enumerate(units(scale, seeds, only)) if i % shard[1] == shard[0]]
     if all(done(*u) for u in mine):  # resumed after the last unit: no need to load the data
@@ -278,7 +293,7 @@ def collect(scale: Scale, *, tokens: int, seeds: int, only: str, device: str, th
         t0 = time.perf_counter()
         r = train(arch, budget, data, device=device, seed=seed, threads=threads).result
         seconds = time.perf_counter() - t0
-        _util.append_jsonl(results_path(), {
+        append_jsonl(results_path(), {
             "name": name, "seed": seed, "tokens": tokens, "arch": arch.to_dict(),
             "params": arch.n_params, "val_loss": r.val_loss, "status": r.status,
             "reason": r.reason, "tokens_per_s": r.tokens_per_s, "seconds": seconds,
@@ -345,12 +360,23 @@ def _group_tables(rows: list[dict[str, Any]], scale: Scale) -> str:
 
 def report() -> str:
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in _util.read_jsonl(results_path()):
+    for r in read_jsonl(results_path()):
         groups.setdefault(_key(r)[:3] + (r["tokens"],), []).append(r)
     order = sorted(groups, key=lambda k: (list(SCALES).index(k[0]), k[1], k[2] or 0, k[3]))
     parts = [_group_header(groups[k]) + "\n\n" + _group_tables(groups[k], SCALES[k[0]])
              for k in order]
     return "\n\n".join(parts) if parts else f"no rows in {results_path()}"
+
+
+def smoke(args: argparse.Namespace) -> Scale:
+    """The reduced scale shrunk to seconds (one pair, one seed); the slm corpus walk is checked."""
+    start_smoke()
+    files, info = code_files(2_000_000)
+    print(f"slm corpus walk: {len(files)} files; {info['corpus']}", flush=True)
+    args.scale, args.tokens, args.seeds, args.only = "reduced", 2048, 1, "L8 d128"
+    args.shard = None
+    # 300: the byte alphabet plus a few merges, so the BPE trains in well under a second.
+    return dataclasses.replace(REDUCED, vocab=300, corpus_path=smoke_text(), val_tokens=2048)
 
 
 def main() -> None:
@@ -370,13 +396,16 @@ def main() -> None:
     ap.add_argument("--shard", default=None, help="K/N: run the units whose index is K mod N")
     ap.add_argument("--report", action="store_true", help="only print the report")
     ap.add_argument("--only", default="", help="comma-separated substrings of model names to run")
+    add_smoke_flag(ap)
     args = ap.parse_args()
     if args.report:
         print(report())
         return
     scale = SCALES[args.scale]
+    if args.smoke:
+        scale = smoke(args)
     device = args.device or scale.device
-    shard = _util.parse_shard(args.shard)
+    shard = parse_shard(args.shard)
     if device == "cuda":
         import torch
 

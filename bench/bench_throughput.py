@@ -1,9 +1,10 @@
 """Proxy-training throughput against the machine's own fp32 matmul speed (or a GPU's bf16 one).
 
-    python bench/bench_throughput.py            # markdown table, ~1-2 minutes
-    python bench/bench_throughput.py --json     # the same numbers as JSON
-    python bench/bench_throughput.py --sweep    # batch size x seq len x threads, 1M and 10M models
-    python bench/bench_throughput.py --device cuda   # GPU: model-FLOP utilisation, ~3 minutes
+    python -m bench.bench_throughput            # markdown table, ~1-2 minutes
+    python -m bench.bench_throughput --json     # the same numbers as JSON
+    python -m bench.bench_throughput --sweep    # batch size x seq len x threads, 1M and 10M models
+    python -m bench.bench_throughput --device cuda   # GPU: model-FLOP utilisation, ~3 minutes
+    python -m bench.bench_throughput --smoke [--device cuda]   # seconds: the 0.1M model, 0.5 s
 
 For each candidate (~0.1M to ~10M parameters, byte vocabulary, stdlib corpus) the real
 `nas.proxy.train` runs for ``--seconds`` (its ``max_seconds`` cap); tokens/s is the median over
@@ -24,7 +25,10 @@ candidate (`matmul_flops_cuda`: the peak this GPU reaches now, not the datasheet
 the five above plus slm-scale ones (vocabulary 8192, ffn_mult 2.75, GQA; the tokens are still
 the byte corpus's, which changes nothing about speed), each at the tiny space's batch (16 x 64),
 slm.yaml's (32 x 256) and a bigger one (128 x 256). Every measurement is also appended to
-``throughput_cuda.jsonl`` in the results directory (``$NAS_BENCH_RESULTS``).
+``throughput/throughput_cuda.jsonl`` in the results directory (``$NAS_BENCH_RESULTS``).
+
+``--smoke``: the 0.1M candidate only, 0.5 s of training, fp32 on one thread (CPU) or the tiny
+space's batch (CUDA), on the smoke text; a temporary folder.
 """
 
 from __future__ import annotations
@@ -35,18 +39,19 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench import _util
 from bench.common import (
+    add_smoke_flag,
+    append_jsonl,
     available_cores,
+    corpus,
     format_machine,
     machine_info,
     markdown_table,
     matmul_flops,
+    results_dir,
+    start_smoke,
 )
 from nas.architecture import Architecture
 from nas.data import TokenData, prepare
@@ -125,7 +130,7 @@ def measure(name: str, arch: Architecture, data: TokenData, *, batch_size: int, 
                          max_seconds=seconds, val_tokens=batch_size * seq_len)
     marks: list[tuple[float, int]] = []  # (time, steps done) at each progress report
 
-    def on_progress(step: int, total: int, loss: float) -> None:
+    def on_progress(step: int, total: int, loss: float) -> None:  # noqa: ARG001 - train's signature
         marks.append((time.perf_counter(), step))
 
     if device == "cpu":
@@ -197,7 +202,7 @@ def run_plan(plan: list[tuple[str, dict[str, Any], int, int, int]], data: TokenD
                               seconds=seconds, device=device)
                 results.append(row)
                 if device == "cuda":  # one line per measurement: a killed run keeps its rows
-                    _util.append_jsonl(_util.RESULTS / "throughput_cuda.jsonl", row)
+                    append_jsonl(results_dir("throughput") / "throughput_cuda.jsonl", row)
                 if not quiet:
                     print(f"  measured {name} {'bf16' if bf16 else 'fp32'} {b}x{t} "
                           f"threads={n}", file=sys.stderr, flush=True)
@@ -263,8 +268,16 @@ def main(argv: list[str] | None = None) -> int:
                              f"{','.join(n for n, _ in all_candidates)} (default: the first "
                              f"{len(CANDIDATES)} on cpu, all on cuda)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
+    if args.smoke:
+        start_smoke()
+        args.candidates, args.seconds, args.threads, args.sweep = "0.1M", 0.5, 1, False
+        if cuda:
+            args.batch_size, args.seq_len = GPU_SHAPES[0]
+        else:
+            args.precision = "fp32"
     default = all_candidates if cuda else CANDIDATES
     wanted = [c.strip() for c in (args.candidates or ",".join(n for n, _ in default)).split(",")
               if c.strip()]
@@ -283,16 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args.threads)
     if cuda:
         info.update(gpu_info())
-    data = prepare(DataSpec())
+    data = corpus("smoke") if args.smoke else prepare(DataSpec())
     budget = ProxyBudget()
     if args.batch_size is None and args.seq_len is None and cuda:
         shapes = GPU_SHAPES
     else:
         shapes = [(args.batch_size or budget.batch_size, args.seq_len or budget.seq_len)]
-    if cuda:
+    precisions = [args.precision == "bf16"] if args.precision != "both" else [False, True]
+    if cuda:  # nas.proxy trains CUDA with bf16 autocast only
         precisions = [True]
-    else:
-        precisions = [False, True] if args.precision == "both" else [args.precision == "bf16"]
     if args.sweep:
         thread_options = sorted({1, args.threads})
         plan = [(name, fields, b, t, n) for name, fields in chosen if name in ("1M", "10M")

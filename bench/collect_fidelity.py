@@ -1,10 +1,11 @@
 """Item 1 data: proxy loss on a budget ladder vs a 10x reference, on two real corpora.
 
-    python bench/collect_fidelity.py                 # resumable: rerun to continue
-    python bench/collect_fidelity.py --reverse       # a second worker from the other end
-    python bench/collect_fidelity.py --n 40 --ladder 25000,50000,100000,200000 --ref 500000  (defaults)
+    python -m bench.collect_fidelity                 # resumable: rerun to continue
+    python -m bench.collect_fidelity --reverse       # a second worker from the other end
+    python -m bench.collect_fidelity --n 40 --ladder 25000,50000,100000,200000 --ref 500000  (defaults)
+    python -m bench.collect_fidelity --smoke         # seconds: 1 candidate, 2k-4k tokens, a temp folder
     # a 10x reference on a GPU machine, four processes sharing the GPU, both seeds everywhere:
-    for k in 0 1 2 3; do python bench/collect_fidelity.py --kinds ref --ref 2000000 \
+    for k in 0 1 2 3; do python -m bench.collect_fidelity --kinds ref --ref 2000000 \
         --ceiling-every 1 --device cuda --shard $k/4 --worker gpu & done; wait
 
 Rerunning with the defaults completes whatever is missing (runs are skipped by
@@ -17,7 +18,7 @@ validation tokens) and at the reference budget ``--ref`` (scored on 64k validati
 the reference is the more precise one) with seed 0, and with seed 1 for every ``--ceiling-every``-th
 candidate (default 4; the seed-to-seed ceiling). Corpora: tinyshakespeare (last 10% held out) and WikiText-2
 (valid.txt to train, test.txt to evaluate). One thread per process; one JSON line per run in
-bench/results/fidelity_<worker>.jsonl; every worker skips runs any worker has finished.
+bench/results/fidelity/fidelity_<worker>.jsonl; every worker skips runs any worker has finished.
 Units are ordered seed 0 first, candidate by candidate, so a partial run has complete
 candidates; ``--shard K/N`` splits them between processes (``--device cuda``: on one GPU).
 """
@@ -27,24 +28,35 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
-from bench._util import (RESULTS, append_jsonl, corpus, parse_shard, read_jsonl, sample_archs,
-                         uses_feature)
-from bench.common import format_machine, machine_info, matmul_flops
+from bench.common import (
+    add_smoke_flag,
+    append_jsonl,
+    corpus,
+    format_machine,
+    machine_info,
+    matmul_flops,
+    parse_shard,
+    read_jsonl,
+    results_dir,
+    sample_archs,
+    start_smoke,
+    uses_feature,
+)
 
 CORPORA = ("shakespeare", "wikitext")
 SEED = 7
+# --smoke: one small candidate, tiny budgets, both corpora replaced by the smoke text.
+SMOKE = {"n": 1, "ladder": "2048", "ref": 4096, "ceiling_every": 1, "val_tokens": 2048,
+         "max_params": 2e5}
 
 
 def results_files() -> list[Path]:
-    return sorted(RESULTS.glob("fidelity_*.jsonl"))
+    return sorted(results_dir("fidelity").glob("fidelity_*.jsonl"))
 
 
 def plan(n_archs: int, ladder: list[int], ref: int, kinds: set[str],
@@ -75,7 +87,13 @@ def main() -> None:
     ap.add_argument("--shard", default=None, help="K/N: this process takes units K mod N")
     ap.add_argument("--reverse", action="store_true")
     ap.add_argument("--worker", default=None)
+    add_smoke_flag(ap)
+    ap.set_defaults(val_tokens=None, max_params=None)  # only --smoke changes these
     args = ap.parse_args()
+    if args.smoke:
+        start_smoke()
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
     torch.set_num_threads(1)
     print(format_machine(machine_info(threads=1)), flush=True)
     from nas.proxy import train
@@ -83,12 +101,14 @@ def main() -> None:
 
     shard, shards = parse_shard(args.shard)
     worker = args.worker or ("b" if args.reverse else "a")
-    out = RESULTS / f"fidelity_{worker}.jsonl"
+    out = results_dir("fidelity") / f"fidelity_{worker}.jsonl"
     space = load_space("tiny")
     ladder = [int(x) for x in args.ladder.split(",") if x]
-    archs = sample_archs(space, args.n, SEED)
+    archs = sample_archs(space, args.n, SEED, max_params=args.max_params)
     print(f"{sum(map(uses_feature, archs))}/{len(archs)} use sharing, GQA or non-softmax", flush=True)
-    datasets = {c: corpus(c) for c in CORPORA}
+    datasets = {c: corpus("smoke" if args.smoke else c) for c in CORPORA}
+    ref_val_tokens = args.val_tokens or 65536  # the reference is scored on 4x the product's tokens
+    proxy_val_tokens = args.val_tokens or space.budget.val_tokens
     units = plan(len(archs), ladder, args.ref, set(args.kinds.split(",")), args.ceiling_every)
     units = units[shard::shards]
     if args.reverse:
@@ -101,7 +121,7 @@ def main() -> None:
         if (arch.hash, c, tokens, seed, kind) in done:
             continue
         budget = dataclasses.replace(space.budget, tokens=tokens, max_seconds=None,
-                                     val_tokens=65536 if kind == "ref" else space.budget.val_tokens)
+                                     val_tokens=ref_val_tokens if kind == "ref" else proxy_val_tokens)
         # The CPU's matmul speed says how loaded the machine was; meaningless beside a GPU run.
         ref = None if gpu else matmul_flops(threads=1, n=512, rounds=3)
         t0 = time.perf_counter()
