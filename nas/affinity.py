@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 # cgroup v2, then v1: the cores the container may use now (may shrink while we run).
 _CPUSET_FILES = (Path("/sys/fs/cgroup/cpuset.cpus.effective"),

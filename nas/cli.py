@@ -13,15 +13,25 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from nas.errors import ConfigError, NasError
-from nas.terminal import (App, ExportProgress, Group, LiveProgress, empty_front_message, front_table,
-                          make_console, searches_table, summary_json, trials_table)
+from nas.terminal import (
+    App,
+    ExportProgress,
+    Group,
+    LiveProgress,
+    empty_front_message,
+    front_table,
+    make_console,
+    searches_table,
+    summary_json,
+    trials_table,
+)
 
 EXIT_STOPPED = 130  # 128 + SIGINT, as shells report an interrupted command
 
@@ -83,14 +93,14 @@ def _usage_message(err: typer.TyperException) -> str:
 
 def _show_version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        from nas import __version__
 
-        print(f"nas {version('nas')}")
+        print(f"nas {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,  # noqa: ARG001 - Typer calls the eager callback; the value is unused here
                                        help="Print the version of nas and exit.")) -> None:
     """Hardware-aware neural architecture search for small language models."""
     global console, err_console
@@ -107,20 +117,20 @@ class Timing(str, Enum):
 @app.command()
 def search(
     space: str = typer.Argument("tiny", help="A name under search_spaces/ or a path to a YAML file."),
-    name: Optional[str] = typer.Option(None, "--name", help="Search name; running it again resumes it. "
+    name: str | None = typer.Option(None, "--name", help="Search name; running it again resumes it. "
                                        "Default: the space's name."),
-    profiles: Optional[list[str]] = typer.Option(None, "--profiles", "--profile", help="Hardware "
+    profiles: list[str] | None = typer.Option(None, "--profiles", "--profile", help="Hardware "
                                                  "profiles (names or paths, comma-separated). "
                                                  "Default: the space's."),
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Total trial budget (a resumed "
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Total trial budget (a resumed "
                                          "search runs only what is missing). Default: the space's."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Candidates training at "
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Candidates training at "
                                           "once. Default: one per free training core (each takes "
                                           "--threads cores); on a cluster, one per cluster CPU."),
-    db: Optional[str] = DbOption,
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster "
+    db: str | None = DbOption,
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Join this Ray cluster "
                                               "instead of starting Ray locally."),
-    data: Optional[list[str]] = typer.Option(None, "--data", help="Text files or globs to train on "
+    data: list[str] | None = typer.Option(None, "--data", help="Text files or globs to train on "
                                              "instead of the space's corpus."),
     threads: int = typer.Option(1, "--threads", min=1, help="CPU threads per training task."),
     timing: Timing = typer.Option(Timing.exclusive, "--timing", help="'exclusive': time latency only "
@@ -221,15 +231,20 @@ def _db_flag(db: str | None) -> str:
 @app.command()
 def evaluate(
     arch: Path = typer.Option(..., "--arch", help="Architecture JSON file."),
-    profile: list[str] = typer.Option(["cpu-1t"], "--profiles", "--profile", help="Hardware profiles (repeat or comma-separate)."),
-    data: Optional[list[str]] = typer.Option(None, "--data", help="Text files or globs (default: the "
-                                             "embedded standard-library corpus)."),
-    tokens: Optional[int] = typer.Option(None, "--tokens", min=1, help="Training tokens (default: the tiny "
-                                         "space's proxy budget)."),
+    profile: list[str] = typer.Option(
+        ["cpu-1t"], "--profiles", "--profile", help="Hardware profiles (repeat or comma-separate)."
+    ),
+    data: list[str] | None = typer.Option(
+        None, "--data", help="Text files or globs (default: the embedded standard-library corpus)."
+    ),
+    tokens: int | None = typer.Option(
+        None, "--tokens", min=1, help="Training tokens (default: the tiny space's proxy budget)."
+    ),
     tokenizer: str = typer.Option("byte", "--tokenizer", help="'byte' or 'bpe:<vocab size>'."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for training."),
-    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.1, help="Wall-clock cap on "
-                                                "training (default: none)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for training."),
+    max_seconds: float | None = typer.Option(
+        None, "--max-seconds", min=0.1, help="Wall-clock cap on training (default: none)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Train one architecture, export it to ONNX and measure its latency."""
@@ -259,8 +274,10 @@ def evaluate(
         budget = dataclasses.replace(budget, tokens=tokens)
     token_data = prepare(spec)
     if token_data.vocab_size != architecture.vocab_size:
-        raise NasError(f"{arch}: vocab_size={architecture.vocab_size} does not match the tokenizer "
-                       f"{tokenizer!r} (vocab {token_data.vocab_size})")
+        raise NasError(
+            f"{arch}: vocab_size={architecture.vocab_size} does not match the tokenizer "
+            f"{tokenizer!r} (vocab {token_data.vocab_size})"
+        )
     check_fits(token_data, budget)
     with _training_progress(budget.tokens, enabled=not as_json) as on_step:
         result = run_evaluation(architecture, budget, token_data, profiles, threads=threads, progress=on_step)
@@ -281,8 +298,15 @@ class _training_progress:
 
         if not self.enabled:
             return None
-        self.bar = Progress(TextColumn("training"), BarColumn(), TextColumn("{task.fields[loss]}"),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True)
+        self.bar = Progress(
+            TextColumn("training"),
+            BarColumn(),
+            TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        )
         self.bar.__enter__()
         self.task = self.bar.add_task("train", total=self.total, loss="")
         return self._update
@@ -302,8 +326,11 @@ def _print_result(result) -> None:
     table.add_row("parameters", f"{arch.n_params:,} ({arch.non_embedding_params:,} non-embedding)")
     if result.proxy:
         table.add_row("validation loss", f"{result.proxy.val_loss:.4f} nats/token")
-        table.add_row("training", f"{result.proxy.tokens:,} tokens in {result.proxy.seconds:.1f}s "
-                                  f"({result.proxy.tokens_per_s:,.0f} tokens/s)")
+        table.add_row(
+            "training",
+            f"{result.proxy.tokens:,} tokens in {result.proxy.seconds:.1f}s "
+            f"({result.proxy.tokens_per_s:,.0f} tokens/s)",
+        )
     for lat in result.latencies:
         table.add_row(f"{lat.profile} prefill", _stats(lat.prefill))
         table.add_row(f"{lat.profile} decode", _stats(lat.decode))
@@ -316,9 +343,10 @@ def _stats(s) -> str:
 
 # ----- reading searches -----------------------------------------------------------------
 @app.command("ls")
-def list_searches(db: Optional[str] = DbOption,
-                  as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of "
-                                               "a table.")) -> None:
+def list_searches(
+    db: str | None = DbOption,
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
     """List the searches in the database."""
     store = _read_store(db)
     searches = store.list_searches()
@@ -350,10 +378,17 @@ def _print_front(store, name: str, every_trial: bool = False) -> None:
 
 
 @app.command()
-def show(name: str = typer.Argument(..., help="Search name."), db: Optional[str] = DbOption,
-         show_all: bool = typer.Option(False, "--all", help="List every trial: dominated, "
-                                       "infeasible, failed and running ones too, with their state "
-                                       "and error.")) -> None:
+def show(
+    name: str = typer.Argument(..., help="Search name."),
+    db: str | None = DbOption,
+    show_all: bool = typer.Option(
+        False,
+        "--all",
+        help="List every trial: dominated, "
+        "infeasible, failed and running ones too, with their state "
+        "and error.",
+    ),
+) -> None:
     """Show a search's Pareto front as a table (knee marked), by trial number."""
     store = _read_store(db)
     _print_front(store, name, every_trial=show_all)
@@ -365,30 +400,47 @@ class Format(str, Enum):
 
 
 @app.command("pareto")
-def pareto_command(name: str = typer.Argument(..., help="Search name."),
-                   fmt: Format = typer.Option(Format.csv, "--format", help="Output format."),
-                   db: Optional[str] = DbOption) -> None:
+def pareto_command(
+    name: str = typer.Argument(..., help="Search name."),
+    fmt: Format = typer.Option(Format.csv, "--format", help="Output format."),
+    db: str | None = DbOption,
+) -> None:
     """Print a search's Pareto front as CSV or JSON (a message on stderr when it is empty)."""
     import csv
     import dataclasses
 
     from nas.architecture import Architecture
-
     from nas.fronts import load_front
 
     analysis = load_front(_read_store(db), name)
     search, objectives, knee = analysis.search, analysis.metrics, analysis.knee_id
-    rows = [{"trial": r.trial_number, "candidate_id": r.id, "knee": r.id == knee, "arch_hash": r.architecture.hash,
-             **{m: r.metrics[m] for m in objectives}, "params": r.architecture.n_params,
-             **{f"arch.{k}": v for k, v in r.architecture.to_dict().items()}} for r in analysis.front]
+    rows = [
+        {
+            "trial": r.trial_number,
+            "candidate_id": r.id,
+            "knee": r.id == knee,
+            "arch_hash": r.architecture.hash,
+            **{m: r.metrics[m] for m in objectives},
+            "params": r.architecture.n_params,
+            **{f"arch.{k}": v for k, v in r.architecture.to_dict().items()},
+        }
+        for r in analysis.front
+    ]
     if not rows:
         err_console.print(empty_front_message(analysis), markup=False, highlight=False)
     if fmt is Format.json:
         print(json.dumps({"search": name, "objectives": search.objectives, "front": rows}, indent=2))
         return
     # The same columns with or without rows: a script reading the header needs no special case.
-    fields = ["trial", "candidate_id", "knee", "arch_hash", *objectives, "params",
-              *[f"arch.{f.name}" for f in dataclasses.fields(Architecture)]]
+    fields = [
+        "trial",
+        "candidate_id",
+        "knee",
+        "arch_hash",
+        *objectives,
+        "params",
+        *[f"arch.{f.name}" for f in dataclasses.fields(Architecture)],
+    ]
     writer = csv.DictWriter(sys.stdout, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
@@ -398,47 +450,70 @@ def pareto_command(name: str = typer.Argument(..., help="Search name."),
 @app.command("export")
 def export_command(
     name: str = typer.Argument(..., help="Search name."),
-    out: Path = typer.Option(..., "-o", "--out", "--output", help="Directory to write (must not "
-                             "exist; see --force)."),
-    trial: Optional[int] = typer.Option(None, "--trial", min=0, help="Export this trial."),
-    pick: Optional[str] = typer.Option(None, "--pick", help="'knee' (of the front) or 'best:METRIC' "
-                                       "(e.g. best:val_loss; append :max to maximise)."),
-    where: Optional[list[str]] = typer.Option(None, "--where", help="With --pick: only candidates with "
-                                              "METRIC<=VALUE or METRIC>=VALUE (repeatable)."),
-    train_tokens: Optional[int] = typer.Option(None, "--train-tokens", min=1, help="Train this many more "
-                                               "tokens beyond the proxy run before exporting."),
+    out: Path = typer.Option(
+        ..., "-o", "--out", "--output", help="Directory to write (must not exist; see --force)."
+    ),
+    trial: int | None = typer.Option(None, "--trial", min=0, help="Export this trial."),
+    pick: str | None = typer.Option(
+        None,
+        "--pick",
+        help="'knee' (of the front) or 'best:METRIC' (e.g. best:val_loss; append :max to maximise).",
+    ),
+    where: list[str] | None = typer.Option(
+        None, "--where", help="With --pick: only candidates with METRIC<=VALUE or METRIC>=VALUE (repeatable)."
+    ),
+    train_tokens: int | None = typer.Option(
+        None,
+        "--train-tokens",
+        min=1,
+        help="Train this many more tokens beyond the proxy run before exporting.",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing export at --out."),
-    db: Optional[str] = DbOption,
+    db: str | None = DbOption,
 ) -> None:
     """Export a candidate: ONNX graphs, weights, tokenizer, model card and a Hugging Face config."""
-    from nas.export import export_candidate, pick_candidate
+    from nas.export import export_candidate
+    from nas.pick import pick_candidate
 
     store = _read_store(db)
     chosen = pick_candidate(store, name, trial=trial, pick=pick, where=_split(where))
     c = chosen.candidate
-    console.print(f"exporting {escape(name)} trial {c.trial_number} ({escape(chosen.reason)}): "
-                  f"{escape(c.architecture.describe())}", highlight=False)
+    console.print(
+        f"exporting {escape(name)} trial {c.trial_number} ({escape(chosen.reason)}): "
+        f"{escape(c.architecture.describe())}",
+        highlight=False,
+    )
     with ExportProgress(err_console) as on_progress:
-        path = export_candidate(store, chosen.search, c, out, train_tokens=train_tokens, force=force,
-                                progress=on_progress)
+        path = export_candidate(
+            store, chosen.search, c, out, train_tokens=train_tokens, force=force, progress=on_progress
+        )
     info = json.loads((path / "metrics.json").read_text())
     for file in sorted(path.iterdir()):
         console.print(f"  {file.name:<22} {file.stat().st_size:>12,} bytes", highlight=False)
     hf = info["huggingface"]
-    console.print(escape(f"wrote {path}; load it with nas.load({str(path)!r})"
-                         + (f" or transformers.AutoModelForCausalLM.from_pretrained({str(path)!r})"
-                            if hf["mapped"] else f" (no Hugging Face config: {hf['reason']})")),
-                  highlight=False)
+    console.print(
+        escape(
+            f"wrote {path}; load it with nas.load({str(path)!r})"
+            + (
+                f" or transformers.AutoModelForCausalLM.from_pretrained({str(path)!r})"
+                if hf["mapped"]
+                else f" (no Hugging Face config: {hf['reason']})"
+            )
+        ),
+        highlight=False,
+    )
 
 
 # ----- browsing ---------------------------------------------------------------------------
 @app.command()
-def serve(db: Optional[str] = DbOption,
-          host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; any but loopback "
-                                   "needs a token."),
-          port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
-          token: Optional[str] = typer.Option(None, "--token", help="Required for writes (start/stop "
-                                              "a search); default: $NAS_TOKEN.")) -> None:
+def serve(
+    db: str | None = DbOption,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; any but loopback needs a token."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
+    token: str | None = typer.Option(
+        None, "--token", help="Required for writes (start/stop a search); default: $NAS_TOKEN."
+    ),
+) -> None:
     """Browse searches in a web browser: Pareto plots, candidates, a JSON API under /api."""
     import uvicorn
 
@@ -454,9 +529,12 @@ def serve(db: Optional[str] = DbOption,
     allowed = list(LOOPBACK_HOSTS) if is_loopback(host) else None
     web = create_app(store, token=secret, allowed_hosts=allowed)
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"serving {escape(store.describe_url())} on [bold]http://{shown}:{port}[/]"
-                  f"{' (token required for writes)' if secret else ''}; Ctrl-C stops", highlight=False,
-                  soft_wrap=True)
+    console.print(
+        f"serving {escape(store.describe_url())} on [bold]http://{shown}:{port}[/]"
+        f"{' (token required for writes)' if secret else ''}; Ctrl-C stops",
+        highlight=False,
+        soft_wrap=True,
+    )
     uvicorn.run(web, host=host, port=port, log_level="warning")
 
 
@@ -468,8 +546,9 @@ def _check_port_free(host: str, port: int) -> None:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as err:
-        raise ConfigError(f"--host={host!r} cannot be resolved ({err.strerror})", field="--host",
-                          value=host) from None
+        raise ConfigError(
+            f"--host={host!r} cannot be resolved ({err.strerror})", field="--host", value=host
+        ) from None
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -478,56 +557,75 @@ def _check_port_free(host: str, port: int) -> None:
             import errno
 
             if err.errno == errno.EADDRINUSE:
-                raise ConfigError(f"--port={port} is already in use on {host}; stop what listens "
-                                  "there or choose another --port", field="--port",
-                                  value=port) from None
-            raise ConfigError(f"--port={port}: cannot listen on {host}: {err.strerror}",
-                              field="--port", value=port) from None
+                raise ConfigError(
+                    f"--port={port} is already in use on {host}; stop what listens "
+                    "there or choose another --port",
+                    field="--port",
+                    value=port,
+                ) from None
+            raise ConfigError(
+                f"--port={port}: cannot listen on {host}: {err.strerror}", field="--port", value=port
+            ) from None
 
 
 @app.command()
-def report(name: str = typer.Argument(..., help="Search name."),
-           out: Path = typer.Option(Path("report.html"), "-o", "--out", "--output",
-                                    help="HTML file to write (its directory must exist)."),
-           db: Optional[str] = DbOption) -> None:
+def report(
+    name: str = typer.Argument(..., help="Search name."),
+    out: Path = typer.Option(
+        Path("report.html"), "-o", "--out", "--output", help="HTML file to write (its directory must exist)."
+    ),
+    db: str | None = DbOption,
+) -> None:
     """Write a search's plots and tables as one self-contained, offline HTML file."""
     from nas.report import check_writable, write_report
 
     check_writable(out)  # before the (slow) rendering
     path = write_report(_read_store(db), name, out)
-    console.print(f"wrote {escape(str(path))} ({path.stat().st_size / 1e6:.1f} MB): open it in any "
-                  "browser, no server or network needed", highlight=False)
+    console.print(
+        f"wrote {escape(str(path))} ({path.stat().st_size / 1e6:.1f} MB): open it in any "
+        "browser, no server or network needed",
+        highlight=False,
+    )
 
 
 # ----- removing -------------------------------------------------------------------------------
 @app.command("rm")
-def remove(name: str = typer.Argument(..., help="Search name."),
-           yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-           db: Optional[str] = DbOption) -> None:
+def remove(
+    name: str = typer.Argument(..., help="Search name."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    db: str | None = DbOption,
+) -> None:
     """Delete a search: its trials, their results and weights, and its Optuna study.
 
     Refused while the search runs; stop it first (Ctrl-C, or Stop in `nas serve`).
     """
+    from nas.states import LIVE_STATUSES
+
     store = _read_store(db)
     found = store.get_search(name)  # NotFoundError lists the names there are
     # The store reports a running search whose driver's heartbeat went stale as "driver
     # lost": that one can go. A live driver would write on into deleted rows.
-    if found.status in ("running", "stopping"):
-        raise NasError(f"search {name!r} is {found.status}; stop it before removing it (Ctrl-C "
-                       f"where it runs, or POST /api/searches/{name}/stop)")
+    if found.status in LIVE_STATUSES:
+        raise NasError(
+            f"search {name!r} is {found.status}; stop it before removing it (Ctrl-C "
+            f"where it runs, or POST /api/searches/{name}/stop)"
+        )
     n = len(store.candidates(name, with_proxy=False))
     if not yes:
         try:
-            agreed = typer.confirm(f"delete search {name!r} ({found.status}, {n} trials) from "
-                                   f"{store.describe_url()}?", default=False)
+            agreed = typer.confirm(
+                f"delete search {name!r} ({found.status}, {n} trials) from {store.describe_url()}?",
+                default=False,
+            )
         except typer.Abort:  # Ctrl-C or end of input at the prompt
             agreed = False
         if not agreed:
             err_console.print(f"kept search {name!r}: nothing deleted", markup=False, highlight=False)
             raise typer.Exit(1)
     store.delete_search(name)
-    console.print(f"deleted search {escape(name)} ({n} trials) from {escape(store.describe_url())}",
-                  highlight=False)
+    console.print(
+        f"deleted search {escape(name)} ({n} trials) from {escape(store.describe_url())}", highlight=False
+    )
 
 
 if __name__ == "__main__":

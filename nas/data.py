@@ -66,6 +66,7 @@ import numpy as np
 
 from nas.errors import DataError
 from nas.specs import DataSpec, ProxyBudget
+from nas.util import stable_hash
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer as HFTokenizer
@@ -364,8 +365,7 @@ def _split_documents(docs: Sequence[_Document], val_fraction: float,
 
 # ----- cache helpers -------------------------------------------------------------------------
 def _key(*parts: object) -> str:
-    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+    return stable_hash(parts, length=24)
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -3,7 +3,7 @@
 Every figure takes two steps: a *data* function (`pareto_data`, `hypervolume_data`,
 `parallel_data`, `loss_curve_data`, `thumbnail_data`) returns a NamedTuple that tests check
 directly, and a *spec* function turns it into Plotly's figure JSON, which the pages hand to
-plotly.js as it is (``*_figure`` wraps a spec in a validated `go.Figure`). Nothing here reads
+plotly.js as it is (`to_figure` turns a spec into a validated `go.Figure`). Nothing here reads
 the database: callers pass a `nas.fronts.FrontAnalysis`, snapshot records or a candidate's
 proxy dict.
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from nas import pareto
 from nas.dates import format_when
+from nas.util import format_value
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -60,21 +61,13 @@ class Axis(NamedTuple):
         return f"{self.metric} ({'lower' if self.direction == 'min' else 'higher'} is better)"
 
 
-def _fmt(value: float) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, float) and abs(value) >= 1e5 and value == int(value):
-        return f"{int(value):,}"
-    return f"{value:.4g}"
-
-
 def hover_text(record: CandidateRecord, metrics: Sequence[str], status: str = "") -> str:
     """What hovering a candidate shows: trial, architecture and metrics (Plotly's HTML subset).
     People read trial numbers everywhere (pages, CLI, report); the id stays in ``customdata``."""
     arch = record.architecture
     lines = [f"<b>trial {record.trial_number}</b>{' · ' + status if status else ''}",
              arch.describe(), f"params {arch.n_params:,}"]
-    lines += [f"{m}: {_fmt(record.metrics[m])}" for m in metrics if m in record.metrics]
+    lines += [f"{m}: {format_value(record.metrics[m])}" for m in metrics if m in record.metrics]
     return "<br>".join(lines)
 
 
@@ -216,7 +209,7 @@ def pareto_spec(data: ParetoData) -> dict[str, Any]:
                       margin={"l": 0, "r": 0, "t": 30, "b": 0}, height=560)
     else:
         layout.update(xaxis=titles[0], yaxis=titles[1], annotations=knee)
-    return _spec(traces, layout)
+    return figure_spec(traces, layout)
 
 
 # ----- hypervolume over time ---------------------------------------------------------------
@@ -257,7 +250,7 @@ def hypervolume_spec(data: HypervolumeData) -> dict[str, Any]:
              "marker": {"size": 5}, "customdata": [list(p) for p in zip(data.front_size, data.times)],
              "hovertemplate": ("after %{x} candidates<br>hypervolume %{y:.4g}<br>front of "
                                "%{customdata[0]}<br>%{customdata[1]}<extra></extra>")}
-    return _spec([trace], {"height": 300, "showlegend": False,
+    return figure_spec([trace], {"height": 300, "showlegend": False,
                              "xaxis": {"title": {"text": "complete candidates"}, "rangemode": "tozero"},
                              "yaxis": {"title": {"text": "hypervolume"}}})
 
@@ -364,7 +357,7 @@ def parallel_spec(data: ParallelData) -> dict[str, Any]:
              "rangefont": {"color": "rgba(0,0,0,0)"}}
     # Labels are centred over their axes and at most a few short lines (`axis_label`):
     # the margins hold half a label at each end and three lines on top.
-    return _spec([trace], {"height": 400, "margin": {"l": 50, "r": 50, "t": 70, "b": 20}})
+    return figure_spec([trace], {"height": 400, "margin": {"l": 50, "r": 50, "t": 70, "b": 20}})
 
 
 # ----- one candidate -----------------------------------------------------------------------
@@ -398,7 +391,7 @@ def loss_curve_spec(data: LossCurve) -> dict[str, Any]:
         layout["annotations"] = [{"xref": "paper", "x": 1, "xanchor": "right", "yref": "y",
                                   "y": data.val_loss, "yanchor": "bottom", "showarrow": False,
                                   "text": f"validation {data.val_loss:.4f}"}]
-    return _spec([trace], layout)
+    return figure_spec([trace], layout)
 
 
 # ----- thumbnail (an inline SVG: a list of searches draws one per row, no Plotly needed) ------
@@ -452,24 +445,12 @@ def thumbnail_svg(data: Thumbnail | None) -> str:
 
 
 # ----- Plotly, the last step --------------------------------------------------------------
-def pareto_figure(data: ParetoData) -> go.Figure:
-    return to_figure(pareto_spec(data))
-
-
-def hypervolume_figure(data: HypervolumeData) -> go.Figure:
-    return to_figure(hypervolume_spec(data))
-
-
-def parallel_figure(data: ParallelData) -> go.Figure:
-    return to_figure(parallel_spec(data))
-
-
-def loss_curve_figure(data: LossCurve) -> go.Figure:
-    return to_figure(loss_curve_spec(data))
-
-
 def to_figure(spec: dict[str, Any]) -> go.Figure:
-    """A validated Plotly figure: an unknown property or a bad value raises here."""
+    """A validated Plotly figure of any ``*_spec``: an unknown property or a bad value raises here.
+
+    The pages skip this on purpose (see `_spec`); it is how a notebook, or a test, gets a
+    checked `go.Figure` of the same spec.
+    """
     import plotly.graph_objects as go
 
     return go.Figure(spec)
@@ -482,9 +463,9 @@ def _template() -> dict[str, Any]:
     return pio.templates["plotly_white"].to_plotly_json()
 
 
-def _spec(traces: list[dict[str, Any]], layout: dict[str, Any]) -> dict[str, Any]:
+def figure_spec(traces: list[dict[str, Any]], layout: dict[str, Any]) -> dict[str, Any]:
     """A figure as Plotly's JSON (``{"data": [...], "layout": {...}}``), ready for
     ``Plotly.react``. The pages send these as they are: building a `go.Figure` validates and
-    deep-copies every value, most of the time a 10,000-candidate page would take. The
-    ``*_figure`` functions (and the tests) validate them."""
+    deep-copies every value, most of the time a 10,000-candidate page would take. `to_figure`
+    (and the tests) validate them."""
     return {"data": traces, "layout": {"template": _template(), **_LAYOUT, **layout}}

@@ -7,12 +7,12 @@ CLI can read and write them without importing torch.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from nas.errors import ConfigError
+from nas.util import stable_hash
 
 
 def _from_mapping(cls: type, data: Mapping[str, Any], source: str | None, section: str) -> Any:
@@ -58,7 +58,7 @@ class ProxyBudget:
                               source=source, field="budget.max_seconds", value=self.max_seconds)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> "ProxyBudget":
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> ProxyBudget:
         return _from_mapping(cls, data, source, "budget")
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class DataSpec:
                               source=source, field="data.val_fraction", value=self.val_fraction)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> "DataSpec":
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> DataSpec:
         return _from_mapping(cls, data, source, "data")
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,5 +113,4 @@ class DataSpec:
 
     @property
     def hash(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return stable_hash(self.to_dict())

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from harness import DATA, EDGE_PROFILE, PROFILE, assert_documented, bad_inputs, cli_error, free_port
 
 import nas.cli
+from harness import DATA, EDGE_PROFILE, PROFILE, assert_documented, bad_inputs, cli_error, free_port
 from nas.service import create_app
 from nas.store import Store
 
@@ -111,8 +111,9 @@ CLI: dict[str, Cli] = {
     # search spaces
     "space-unknown-key": Cli(["search", "bad.yaml"], [space(architecture__n_layers=3)]),
     "space-wrong-type": Cli(["search", "bad.yaml"], [space(trials="many")]),
-    "space-wrong-value-type": Cli(["search", "bad.yaml"],
-                                  [space(architecture__d_model={"choices": [16, "wide"]})]),
+    "space-wrong-value-type": Cli(
+        ["search", "bad.yaml"], [space(architecture__d_model={"choices": [16, "wide"]})]
+    ),
     "space-empty-choices": Cli(["search", "bad.yaml"], [space(architecture__d_model={"choices": []})]),
     "space-bare-list": Cli(["search", "bad.yaml"], [space(architecture__d_model=[16, 32])]),
     "space-bad-range": Cli(["search", "bad.yaml"], [space(architecture__n_layer={"range": [3]})]),
@@ -121,34 +122,59 @@ CLI: dict[str, Cli] = {
     "space-unknown-name": Cli(["search", "nope"]),
     "space-missing-file": Cli(["search", "missing.yaml"]),
     "constraints-unmeetable": Cli(["search", "bad.yaml"], [space(constraints=["params <= 10"])]),
-    "constraints-unmeetable-together": Cli(["search", "bad.yaml"], [space(
-        constraints=["params <= 5e3", "decode_mflops >= 0.2"])]),
+    "constraints-unmeetable-together": Cli(
+        ["search", "bad.yaml"], [space(constraints=["params <= 5e3", "decode_mflops >= 0.2"])]
+    ),
     "constraint-strict-operator": Cli(["search", "bad.yaml"], [space(constraints=["params < 2e5"])]),
     # hardware profiles
     "profile-unknown": Cli([*SEARCH[:2], "--profiles", "nope"]),
     "profile-not-measured": Cli(["search", "space.yaml", "--profiles", "cpu-1t"], [space("space.yaml")]),
     "profile-unknown-key": Cli([*SEARCH[:2], "--profiles", "fast.yaml"], [profile("fast", threads=2)]),
     "profile-bad-value": Cli([*SEARCH[:2], "--profiles", "fast.yaml"], [profile("fast", precision="fp8")]),
-    "provider-unavailable": Cli([*SEARCH[:2], "--profiles", f"{PROFILE},gpu.yaml"],
-                                [profile("gpu", provider="CUDAExecutionProvider")]),
+    "provider-unavailable": Cli(
+        [*SEARCH[:2], "--profiles", f"{PROFILE},gpu.yaml"], [profile("gpu", provider="CUDAExecutionProvider")]
+    ),
     "profile-bound-without-cluster": Cli([*SEARCH[:2], "--profiles", f"{PROFILE},{EDGE_PROFILE}"]),
-    "profile-longer-than-max-seq-len": Cli(["search", "bad.yaml", "--profiles", f"{PROFILE},cpu-1t"], [space()]),
-    "space-profile-longer-than-max-seq-len": Cli(["search", "bad.yaml"], [space(
-        profiles=["cpu-1t"], objectives={"val_loss": "min", "latency:cpu-1t:decode_ms": "min"},
-        architecture__max_seq_len={"choices": [32, 256]})]),
+    "profile-longer-than-max-seq-len": Cli(
+        ["search", "bad.yaml", "--profiles", f"{PROFILE},cpu-1t"], [space()]
+    ),
+    "space-profile-longer-than-max-seq-len": Cli(
+        ["search", "bad.yaml"],
+        [
+            space(
+                profiles=["cpu-1t"],
+                objectives={"val_loss": "min", "latency:cpu-1t:decode_ms": "min"},
+                architecture__max_seq_len={"choices": [32, 256]},
+            )
+        ],
+    ),
     # corpora
     "corpus-missing": Cli([*SEARCH, "--data", "missing.txt"]),
     "corpus-glob-empty": Cli([*SEARCH, "--data", "texts/*.txt"]),
     "corpus-directory": Cli([*SEARCH, "--data", "texts"], [text_file("texts/README", "x")]),
     "corpus-empty": Cli([*SEARCH, "--data", "empty.txt"], [text_file("empty.txt", "")]),
-    "corpus-not-text": Cli([*SEARCH, "--data", "blob.bin"], [text_file("blob.bin", bytes(range(128, 256)) * 64)]),
+    "corpus-not-text": Cli(
+        [*SEARCH, "--data", "blob.bin"], [text_file("blob.bin", bytes(range(128, 256)) * 64)]
+    ),
     "corpus-too-small": Cli([*SEARCH, "--data", "small.txt"], [text_file("small.txt", "hello world\n" * 20)]),
-    "corpus-nul-bytes": Cli([*SEARCH, "--data", "a.out"], [text_file(
-        "a.out", b"\x7fELF\x02\x01\x01" + bytes(4096) + b".text\0.data\0" + bytes(2048))]),
-    "corpus-undecodable": Cli(["search", "bad.yaml", "--profiles", str(PROFILE)], [space(data__corpus=["latin1.txt"]), text_file(
-        "latin1.txt", "caf\u00e9 na\u00efve r\u00e9sum\u00e9 d\u00e9j\u00e0 vu\n".encode("latin-1") * 500)]),
-    "corpus-control-characters": Cli(["evaluate", "--arch", "arch.json", "--data", "term.log"], [
-        text_file("arch.json", "{}"), text_file("term.log", "\x1b[1m\x07ok\x08\x1b[0m\n" * 500)]),
+    "corpus-nul-bytes": Cli(
+        [*SEARCH, "--data", "a.out"],
+        [text_file("a.out", b"\x7fELF\x02\x01\x01" + bytes(4096) + b".text\0.data\0" + bytes(2048))],
+    ),
+    "corpus-undecodable": Cli(
+        ["search", "bad.yaml", "--profiles", str(PROFILE)],
+        [
+            space(data__corpus=["latin1.txt"]),
+            text_file(
+                "latin1.txt",
+                "caf\u00e9 na\u00efve r\u00e9sum\u00e9 d\u00e9j\u00e0 vu\n".encode("latin-1") * 500,
+            ),
+        ],
+    ),
+    "corpus-control-characters": Cli(
+        ["evaluate", "--arch", "arch.json", "--data", "term.log"],
+        [text_file("arch.json", "{}"), text_file("term.log", "\x1b[1m\x07ok\x08\x1b[0m\n" * 500)],
+    ),
     # databases
     "db-not-a-url": Cli([*SEARCH, "--db", "nas.sqlite"]),
     "db-unknown-dialect": Cli([*SEARCH, "--db", "mongodb://localhost/nas"]),
@@ -160,10 +186,13 @@ CLI: dict[str, Cli] = {
     "ray-address-malformed": Cli([*SEARCH, "--ray-address", "head-node"]),
     # a search name already taken
     "name-taken-other-space": Cli([*SEARCH, "--name", "taken"], [existing_search(space_hash="0" * 16)]),
-    "name-taken-other-profiles": Cli([*SEARCH, "--name", "taken"],
-                                     [existing_search(profiles=[{"name": "cpu-1t"}])]),
-    "name-taken-other-data": Cli([*SEARCH, "--name", "taken", "--data", "corpus.txt"],
-                                 [existing_search(), text_file("corpus.txt", "some text to train on. " * 2000)]),
+    "name-taken-other-profiles": Cli(
+        [*SEARCH, "--name", "taken"], [existing_search(profiles=[{"name": "cpu-1t"}])]
+    ),
+    "name-taken-other-data": Cli(
+        [*SEARCH, "--name", "taken", "--data", "corpus.txt"],
+        [existing_search(), text_file("corpus.txt", "some text to train on. " * 2000)],
+    ),
     # reading searches
     "show-unknown-search": Cli(["show", "nope"], [existing_search("e2e")]),
     "pareto-bad-format": Cli(["pareto", "e2e", "--format", "xml"]),
@@ -173,18 +202,30 @@ CLI: dict[str, Cli] = {
     "search-name-empty": Cli([*SEARCH, "--name", ""]),
     "space-name-invalid": Cli(["search", "bad.yaml", "--profiles", str(PROFILE)], [space(name="a b")]),
     "db-sqlite-missing": Cli(["ls", "--db", "sqlite:///typo.db"]),
-    "report-output-missing-directory": Cli(["report", "e2e", "-o", "missing/dir/r.html"],
-                                           [existing_search("e2e")]),
-    "report-output-is-directory": Cli(["report", "e2e", "-o", "out"],
-                                      [existing_search("e2e"), text_file("out/keep", "")]),
+    "report-output-missing-directory": Cli(
+        ["report", "e2e", "-o", "missing/dir/r.html"], [existing_search("e2e")]
+    ),
+    "report-output-is-directory": Cli(
+        ["report", "e2e", "-o", "out"], [existing_search("e2e"), text_file("out/keep", "")]
+    ),
     "rm-running": Cli(["rm", "busy", "--yes"], [running_search("busy")]),
     "evaluate-arch-missing": Cli(["evaluate", "--arch", "arch.json"]),
-    "evaluate-arch-invalid": Cli(["evaluate", "--arch", "arch.json"], [text_file(
-        "arch.json", json.dumps({"n_layer": 2, "d_model": 48, "n_head": 5}))]),
-    "evaluate-arch-bad-attention": Cli(["evaluate", "--arch", "arch.json"], [text_file(
-        "arch.json", json.dumps({"n_layer": 1, "d_model": 32, "n_head": 2, "attention": "bogus"}))]),
-    "evaluate-arch-shorter-than-profile": Cli(["evaluate", "--arch", "arch.json", "--profile", "cpu-1t"],
-                                              [text_file("arch.json", json.dumps({"max_seq_len": 64}))]),
+    "evaluate-arch-invalid": Cli(
+        ["evaluate", "--arch", "arch.json"],
+        [text_file("arch.json", json.dumps({"n_layer": 2, "d_model": 48, "n_head": 5}))],
+    ),
+    "evaluate-arch-bad-attention": Cli(
+        ["evaluate", "--arch", "arch.json"],
+        [
+            text_file(
+                "arch.json", json.dumps({"n_layer": 1, "d_model": 32, "n_head": 2, "attention": "bogus"})
+            )
+        ],
+    ),
+    "evaluate-arch-shorter-than-profile": Cli(
+        ["evaluate", "--arch", "arch.json", "--profile", "cpu-1t"],
+        [text_file("arch.json", json.dumps({"max_seq_len": 64}))],
+    ),
 }
 
 
@@ -206,22 +247,48 @@ API: dict[str, Api] = {
     "api-unknown-field": Api("POST", "/api/searches", {"name": "x", "space": "tiny", "workers": 4}),
     "api-trials-zero": Api("POST", "/api/searches", {"name": "x", "space": "tiny", "trials": 0}),
     "api-unknown-space": Api("POST", "/api/searches", {"name": "x", "space": "huge"}),
-    "api-bad-space-yaml": Api("POST", "/api/searches", {"name": "x", "space_yaml": yaml.safe_dump(
-        {**BASE_SPACE, "profiles": ["cpu-1t"], "objectives": {"val_loss": "min"},
-         "architecture": {**BASE_SPACE["architecture"], "d_model": {"choices": []}}})}),
-    "api-space-yaml-reads-files": Api("POST", "/api/searches", {"name": "x", "space_yaml": yaml.safe_dump(
-        {**BASE_SPACE, "profiles": ["cpu-1t"], "objectives": {"val_loss": "min"},
-         "data": {"corpus": ["/etc/passwd"], "tokenizer": "byte"}})}),
+    "api-bad-space-yaml": Api(
+        "POST",
+        "/api/searches",
+        {
+            "name": "x",
+            "space_yaml": yaml.safe_dump(
+                {
+                    **BASE_SPACE,
+                    "profiles": ["cpu-1t"],
+                    "objectives": {"val_loss": "min"},
+                    "architecture": {**BASE_SPACE["architecture"], "d_model": {"choices": []}},
+                }
+            ),
+        },
+    ),
+    "api-space-yaml-reads-files": Api(
+        "POST",
+        "/api/searches",
+        {
+            "name": "x",
+            "space_yaml": yaml.safe_dump(
+                {
+                    **BASE_SPACE,
+                    "profiles": ["cpu-1t"],
+                    "objectives": {"val_loss": "min"},
+                    "data": {"corpus": ["/etc/passwd"], "tokenizer": "byte"},
+                }
+            ),
+        },
+    ),
     "api-unknown-profile": Api("POST", "/api/searches", {"name": "x", "space": "tiny", "profiles": ["tpu"]}),
-    "api-name-taken-other-space": Api("POST", "/api/searches", {"name": "taken", "space": "tiny"},
-                                      [existing_search(space_hash="0" * 16)]),
+    "api-name-taken-other-space": Api(
+        "POST", "/api/searches", {"name": "taken", "space": "tiny"}, [existing_search(space_hash="0" * 16)]
+    ),
     "api-unknown-search": Api("GET", "/api/searches/nope", setup=[existing_search("e2e")]),
     "api-unknown-candidate": Api("GET", "/api/candidates/999"),
 }
 
 
-def run_cli(case: Cli, cwd: Path, monkeypatch: pytest.MonkeyPatch,
-            capsys: pytest.CaptureFixture) -> tuple[int, str]:
+def run_cli(
+    case: Cli, cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> tuple[int, str]:
     monkeypatch.chdir(cwd)
     monkeypatch.delenv("NAS_DB", raising=False)
     for setup in case.setup:
@@ -239,7 +306,9 @@ def run_cli(case: Cli, cwd: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 @pytest.mark.parametrize("row_id", sorted(CLI))
-def test_cli(row_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_cli(
+    row_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     status, message = run_cli(CLI[row_id], tmp_path, monkeypatch, capsys)
     assert_documented(row_id, status, message)
 
@@ -252,8 +321,9 @@ def test_api(row_id: str, tmp_path: Path) -> None:
     with Store(f"sqlite:///{tmp_path / 'nas.db'}") as store:
         client = TestClient(create_app(store, workdir=tmp_path / "serve"))
         if isinstance(case.body, str):
-            response = client.request(case.method, case.path, content=case.body,
-                                      headers={"content-type": "application/json"})
+            response = client.request(
+                case.method, case.path, content=case.body, headers={"content-type": "application/json"}
+            )
         else:
             response = client.request(case.method, case.path, json=case.body)
     assert_documented(row_id, response.status_code, response.text)
@@ -263,9 +333,22 @@ def test_api(row_id: str, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_gpus_per_trial_without_gpus(tmp_path: Path) -> None:
     """Ray must be started to know its GPUs: the real CLI in a child process."""
-    result = subprocess.run([sys.executable, "-m", "nas", *SEARCH, "--gpus-per-trial", "1", "--no-progress",
-                             "--db", f"sqlite:///{tmp_path / 'nas.db'}"],
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nas",
+            *SEARCH,
+            "--gpus-per-trial",
+            "1",
+            "--no-progress",
+            "--db",
+            f"sqlite:///{tmp_path / 'nas.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert_documented("gpus-unavailable", result.returncode, cli_error(result.stderr))
     with Store(f"sqlite:///{tmp_path / 'nas.db'}") as store:
         assert store.list_searches() == []  # refused before anything was written
@@ -275,16 +358,20 @@ def test_the_real_entry_point_prints_the_same_error(tmp_path: Path) -> None:
     """`nas` as a process: exit status 2, ``error: <message>`` on stderr, no traceback."""
     db = f"sqlite:///{tmp_path / 'x.db'}"
     Store(db).close()  # an empty database: reading commands never create one
-    result = subprocess.run([sys.executable, "-m", "nas", "show", "nope", "--db", db],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "nas", "show", "nope", "--db", db], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: ")
     assert_documented("show-unknown-search-empty", result.returncode, cli_error(result.stderr))
 
 
 def test_every_row_is_checked_and_every_check_is_a_row() -> None:
     here = Path(__file__).name
-    elsewhere = {row.id for row in ROWS.values() if not row.test.startswith(f"{here}::test_cli[")
-                 and not row.test.startswith(f"{here}::test_api[")}
+    elsewhere = {
+        row.id
+        for row in ROWS.values()
+        if not row.test.startswith(f"{here}::test_cli[") and not row.test.startswith(f"{here}::test_api[")
+    }
     assert set(CLI) | set(API) | elsewhere == set(ROWS)
     for row in ROWS.values():
         file, _, test = row.test.partition("::")

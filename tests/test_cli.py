@@ -21,11 +21,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from harness import DATA, PROFILE, assert_documented, cli_error, wait_for
 from service.factories import FRONT_TRIALS, INFEASIBLE_TRIAL, make_search
 from typer.testing import CliRunner
 
 import nas.cli
+from harness import DATA, PROFILE, assert_documented, cli_error, wait_for
 from nas.cli import app
 from nas.errors import ConfigError, NotFoundError, StoreError
 from nas.store import Store

@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+
 from harness import (
     EDGE_PROFILE,
     PROFILE,
@@ -25,7 +26,6 @@ from harness import (
     pg_database,
     search_args,
 )
-
 from nas.store import Store
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -75,8 +75,13 @@ def test_driver_without_the_clusters_token_is_told_how_to_join(cluster, tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["RAY_gcs_server_port_wait_time_s"] = "2"  # Ray retries a refused join for 20 s by default
     db = f"sqlite:///{tmp_path / 'nas.db'}"
-    result = subprocess.run(search_args("no-token", db, trials=1, extra=["--ray-address", ray_cluster.address]),
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        search_args("no-token", db, trials=1, extra=["--ray-address", ray_cluster.address]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_documented("ray-token-missing", result.returncode, cli_error(result.stderr))
     with Store(db) as store:  # refused before anything was written
         assert store.find_search("no-token") is None
@@ -88,9 +93,15 @@ def test_profile_bound_to_a_resource_no_node_has_is_refused(cluster, tmp_path):
     phone = tmp_path / "phone-1t.yaml"
     phone.write_text(EDGE_PROFILE.read_text().replace("ray_resource: edge_test", "ray_resource: edge_phone"))
     db = f"sqlite:///{tmp_path / 'nas.db'}"
-    result = subprocess.run(search_args("phone", db, trials=1, profiles=[PROFILE, phone],
-                                        extra=["--ray-address", ray_cluster.address]),
-                            env=ray_cluster.env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        search_args(
+            "phone", db, trials=1, profiles=[PROFILE, phone], extra=["--ray-address", ray_cluster.address]
+        ),
+        env=ray_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_documented("ray-resource-missing", result.returncode, cli_error(result.stderr))
     with Store(db) as store:
         assert store.find_search("phone") is None

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from harness import free_port, kill_session, pg_database, search_args, start, wait_for
 
+from harness import free_port, kill_session, pg_database, search_args, start, wait_for
 from nas.service import create_app
 from nas.store import Store
 
@@ -77,7 +77,9 @@ def _poll_serve(client: TestClient, seen: Observed) -> bool:
     finished = False
     for response in (search, candidates, listing):
         seen.serve[response.status_code] += 1
-        if response.status_code not in (200, 404) or (response.status_code == 404 and search.status_code == 200):
+        if response.status_code not in (200, 404) or (
+            response.status_code == 404 and search.status_code == 200
+        ):
             seen.serve_errors.append(f"{response.request.url}: {response.status_code} {response.text[:300]}")
     if candidates.status_code == 200:
         seen.candidate_counts.append(sum(c["state"] in ("complete", "failed") for c in candidates.json()))
@@ -139,8 +141,11 @@ def _observe(url: str) -> Observed:
             ours = next(s for s in seen.studies if s["study_name"] == f"nas:{NAME}")
             # optuna-dashboard caches a study's trials for 2-10 s (its _storage.get_trials TTL),
             # so the final state shows up within that, not at once.
-            seen.detail = wait_for(lambda: _final_detail(dashboard, ours["study_id"]), 30,
-                                   "optuna-dashboard to show every trial finished")
+            seen.detail = wait_for(
+                lambda: _final_detail(dashboard, ours["study_id"]),
+                30,
+                "optuna-dashboard to show every trial finished",
+            )
         return seen
     finally:
         if search.poll() is None:

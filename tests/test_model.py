@@ -10,10 +10,7 @@ import torch
 
 from nas.architecture import Architecture
 from nas.model import NasLM, build_model, lm_loss, repeat_kv, rotary_cos_sin, unique_parameter_count
-
 from tests.tiny_models import KINDS, SHARINGS, one_thread, tiny  # noqa: F401 - fixture
-
-
 
 
 def ids(batch: int, seq: int, vocab: int = 64, seed: int = 0) -> torch.Tensor:

@@ -19,10 +19,7 @@ from nas.errors import ExportError
 from nas.model import NasLM, build_model
 from nas.onnx_export import PARITY_RTOL, export_onnx
 from nas.onnx_io import DIM_NAMES, graph_metadata, make_feeds, session_feeds
-
 from tests.tiny_models import KINDS, SHARINGS, one_thread, tiny  # noqa: F401 - fixture
-
-
 
 
 @pytest.fixture(scope="module")
@@ -224,11 +221,11 @@ def test_make_feeds_resolves_symbolic_dims():
               arg("past.0.key", ["batch", 2, "past", 8]), arg("past.0.state", ["batch", 2, 8, 8])]
     feeds = make_feeds(inputs, batch=3, seq=1, past=40, vocab_size=50, seed=0, max_past=16)
     assert feeds["input_ids"].dtype == np.int64 and feeds["input_ids"].shape == (3, 1)
-    assert 0 <= feeds["input_ids"].min() and feeds["input_ids"].max() < 50
+    assert feeds["input_ids"].min() >= 0 and feeds["input_ids"].max() < 50
     assert (feeds["position_ids"] == 40).all()
     assert feeds["past.0.key"].shape == (3, 2, 16, 8) and feeds["past.0.key"].dtype == np.float32
     assert feeds["past.0.state"].shape == (3, 2, 8, 8)
-    assert 0 <= feeds["past.0.state"].min() and feeds["past.0.state"].max() < 0.1
+    assert feeds["past.0.state"].min() >= 0 and feeds["past.0.state"].max() < 0.1
     again = make_feeds(inputs, batch=3, seq=1, past=40, vocab_size=50, seed=0, max_past=16)
     assert all(np.array_equal(feeds[k], again[k]) for k in feeds)
     prefill = make_feeds([arg("input_ids", ["batch", "seq"], "tensor(int64)")], batch=2, seq=7, past=0)

@@ -61,10 +61,10 @@ def test_analyze_without_candidates(store):
     assert empty.front == () and empty.knee_id is None and empty.hypervolume == 0.0
 
 
-def test_unreadable_stored_space_is_a_warning_not_a_failure(store, two):
+def test_unreadable_stored_constraint_is_a_warning_not_a_failure(store, two):
     import dataclasses
 
-    broken = dataclasses.replace(two.search, space={"objectives": "nonsense"})
+    broken = dataclasses.replace(two.search, constraints=("params < nonsense",))
     analysis = analyze(broken, two.candidates)
     assert analysis.feasible.all() and analysis.warnings
     assert "constraints not checked" in analysis.warnings[0]
@@ -153,7 +153,8 @@ def test_pareto_spec_is_valid_plotly_with_ids_in_customdata(two):
     assert spec["layout"]["annotations"][0]["text"] == "knee"
     assert spec["layout"]["xaxis"]["title"]["text"].startswith(LATENCY)
     assert isinstance(fig, go.Figure)
-    assert isinstance(plots.pareto_figure(plots.pareto_data(two, ["val_loss", LATENCY])), go.Figure)
+    spec = plots.pareto_spec(plots.pareto_data(two, ["val_loss", LATENCY]))
+    assert isinstance(plots.to_figure(spec), go.Figure)
 
 
 # ----- hypervolume, parallel coordinates, loss curve, thumbnail ------------------------------
@@ -167,7 +168,7 @@ def test_hypervolume_data_fills_snapshots_taken_before_the_reference(two, store)
     assert data.hypervolume[1] == pytest.approx(0.2 + 0.21 - 0.15)  # two boxes minus overlap
     # The one date format of pages and report (nas.dates), in the hover text too.
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", t) for t in data.times)
-    plots.hypervolume_figure(data)
+    plots.to_figure(plots.hypervolume_spec(data))
 
 
 def test_hypervolume_data_skips_what_it_cannot_compute(two):

@@ -38,7 +38,7 @@ from nas.service.views import (
     search_url,
     summary_out,
 )
-from nas.store.tables import DRIVER_LOST
+from nas.states import DRIVER_LOST, LIVE_STATUSES
 
 router = APIRouter(prefix="/api", tags=["searches"])
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such search or candidate"}}
@@ -180,7 +180,7 @@ def stop_search(name: str, request: Request) -> dict[str, Any]:
     if search.status == DRIVER_LOST:  # no driver will ever see "stopping": record the stop
         store.set_status(name, "stopped")
         return {"name": name, "status": "stopped"}
-    if search.status not in ("running", "stopping"):
+    if search.status not in LIVE_STATUSES:
         raise Conflict(f"search {name!r} is {search.status}: there is nothing to stop")
     if search.status == "running":
         store.set_status(name, "stopping")

@@ -93,7 +93,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(request, 404, str(err))
 
     @app.exception_handler(ConfigError)
-    async def bad_config(request: Request, err: ConfigError) -> Response:
+    async def bad_config(request: Request, err: ConfigError) -> Response:  # noqa: ARG001 - FastAPI's exception-handler signature
         # The same shape as FastAPI's own 422s, so clients read one format.
         loc = ["body", *(err.field.split(".") if err.field else [])]
         return JSONResponse({"detail": [{"loc": loc, "msg": str(err), "type": "value_error"}]},

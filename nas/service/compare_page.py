@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse
 
 from nas import pareto, plots
 from nas.fronts import FrontAnalysis
-from nas.pareto import Objective
+from nas.objectives import Objective
 from nas.service.views import search_url
 
 router = APIRouter(include_in_schema=False)
@@ -171,7 +171,7 @@ def compare_spec(data: CompareData) -> dict[str, Any]:
               "xaxis": {"title": {"text": data.axes[0].title}, "zeroline": False},
               "yaxis": {"title": {"text": data.axes[1].title}, "zeroline": False},
               "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}}
-    return plots._spec(traces, layout)  # the template and fonts of every other figure
+    return plots.figure_spec(traces, layout)  # the template and fonts of every other figure
 
 
 # ----- the page -----------------------------------------------------------------------------

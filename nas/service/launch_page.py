@@ -24,8 +24,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
 from nas.errors import ConfigError
+from nas.names import NAME_PATTERN
 from nas.service.auth import presented_token, token_matches
-from nas.service.launcher import MAX_TRIALS, MAX_YAML_BYTES, NAME_PATTERN, Conflict
+from nas.service.launcher import MAX_TRIALS, MAX_YAML_BYTES, Conflict
 from nas.service.views import search_url
 
 router = APIRouter(include_in_schema=False)

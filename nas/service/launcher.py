@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from nas.errors import ConfigError, NasError
-from nas.names import NAME_PATTERN, NAME_RE, check_name  # one name rule for the CLI and the API
+from nas.names import NAME_RE, check_name  # one name rule for the CLI and the API
+from nas.states import LIVE_STATUSES
 
 MAX_TRIALS = 10_000
 MAX_YAML_BYTES = 64 * 1024
@@ -145,7 +146,7 @@ class Launcher:
                               field="trials", value=trials)
         existing = store.find_search(name)
         if existing is not None:
-            if existing.status in ("running", "stopping") or self.running(name):
+            if existing.status in LIVE_STATUSES or self.running(name):
                 raise Conflict(f"search {name!r} is {existing.status}; stop it first or "
                                      "choose another name")
             if existing.space_hash != loaded.hash:

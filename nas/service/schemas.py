@@ -5,15 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from nas.service.launcher import MAX_TRIALS, MAX_YAML_BYTES, NAME_PATTERN
+from nas.names import NAME_PATTERN
+from nas.service.launcher import MAX_TRIALS, MAX_YAML_BYTES
+from nas.states import CANDIDATE_STATES, SHOWN_STATUSES
 
 ProfileName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 # "driver lost": stored as running or stopping, but its driver stopped beating (resume it).
-SearchStatus = Literal["running", "stopping", "stopped", "finished", "failed", "driver lost"]
-CandidateState = Literal["running", "complete", "failed", "pruned"]
+SearchStatus = Literal[SHOWN_STATUSES]  # type: ignore[valid-type] - the one list, nas.states
+CandidateState = Literal[CANDIDATE_STATES]  # type: ignore[valid-type]
 
 
 class ErrorOut(BaseModel):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
-from datetime import datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from nas.dates import format_when
+from nas.util import format_value, json_safe
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "templates"
@@ -25,42 +24,14 @@ def plotly_js_path() -> Path:
     return Path(str(resources.files("plotly") / "package_data" / "plotly.min.js"))
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
 def script_json(value: Any) -> Markup:
     """JSON safe inside ``<script>``: no ``</script>``, ``<!--`` or line separators survive,
     and NaN/infinity (not JSON) become null."""
-    text = json.dumps(_clean(value), separators=(",", ":"), allow_nan=False)
+    text = json.dumps(json_safe(value), separators=(",", ":"), allow_nan=False)
     for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(char, escape)
     return Markup(text)
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value == int(value) and abs(value) >= 1000:
-            return f"{int(value):,}"
-        return f"{value:.{digits}g}"
-    return str(value)
 
 
 def _duration(seconds: float | None) -> str:
@@ -72,7 +43,7 @@ def _duration(seconds: float | None) -> str:
     return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
 
 
-@lru_cache(maxsize=None)
+@cache
 def static_text(name: str) -> str:
     """One of our static files, for inlining into the offline report."""
     return (STATIC_DIR / name).read_text(encoding="utf-8")
@@ -83,6 +54,6 @@ def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)),
                       autoescape=select_autoescape(["html", "svg"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(script_json=script_json, fmt=_fmt, when=format_when, duration=_duration)
+    env.filters.update(script_json=script_json, fmt=format_value, when=format_when, duration=_duration)
     env.globals.update(static_text=static_text)
     return env

@@ -22,14 +22,16 @@ from urllib.parse import quote
 from nas import plots
 from nas.errors import NotFoundError
 from nas.fronts import FrontAnalysis, analyze
-from nas.pareto import Objective
+from nas.objectives import Objective
+from nas.states import LIVE_STATUSES
+from nas.util import json_safe
 
 if TYPE_CHECKING:
     from nas.store import CandidateRecord, SearchRecord, SearchSummary, SnapshotRecord, Store
 
 T = TypeVar("T")
 log = logging.getLogger("nas.service")
-ACTIVE_STATUSES = ("running", "stopping")  # a page polls while its search is in one of these
+ACTIVE_STATUSES = LIVE_STATUSES  # a page polls while its search is in one of these
 
 
 def search_url(name: str) -> str:
@@ -133,46 +135,80 @@ def candidate_brief(record: CandidateRecord, *, on_front: bool, knee: bool,
 
 # ----- JSON-ready dicts (the API's schemas, also embedded in pages and reports) -------------
 def summary_out(s) -> dict[str, Any]:
-    return {"name": s.name, "status": s.status, "trials": s.trials, "n_complete": s.n_complete,
-            "n_failed": s.n_failed, "n_pruned": s.n_pruned, "n_running": s.n_running,
-            "n_interrupted": s.n_interrupted, "front_size": s.front_size, "hypervolume": s.hypervolume, "created_at": s.created_at,
-            "updated_at": s.updated_at, "finished_at": s.finished_at, "version": version(s),
-            "url": search_url(s.name)}
+    return {
+        "name": s.name,
+        "status": s.status,
+        "trials": s.trials,
+        "n_complete": s.n_complete,
+        "n_failed": s.n_failed,
+        "n_pruned": s.n_pruned,
+        "n_running": s.n_running,
+        "n_interrupted": s.n_interrupted,
+        "front_size": s.front_size,
+        "hypervolume": s.hypervolume,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+        "finished_at": s.finished_at,
+        "version": version(s),
+        "url": search_url(s.name),
+    }
 
 
 def search_out(summary: SearchSummary, search: SearchRecord) -> dict[str, Any]:
     """A search without reading its candidates: what pages poll must stay cheap when a
     search has 10,000 of them (front size and hypervolume are the latest snapshot's)."""
     objectives = [Objective.parse((m, d)) for m, d in search.objectives]
-    return {**summary_out(summary),
-            "objectives": [{"metric": o.metric, "direction": o.direction} for o in objectives],
-            "constraints": list(search.constraints),
-            "profiles": [p.get("name", "") for p in search.profiles], "budget": search.budget,
-            "data": search.data, "space": search.space,
-            "reference_point": list(search.reference_point) if search.reference_point else None,
-            "error": search.error, "started_at": search.started_at}
+    return {
+        **summary_out(summary),
+        "objectives": [{"metric": o.metric, "direction": o.direction} for o in objectives],
+        "constraints": list(search.constraints),
+        "profiles": [p.get("name", "") for p in search.profiles],
+        "budget": search.budget,
+        "data": search.data,
+        "space": search.space,
+        "reference_point": list(search.reference_point) if search.reference_point else None,
+        "error": search.error,
+        "started_at": search.started_at,
+    }
 
 
 def _stats(s) -> dict[str, Any]:
-    return {"median_ms": finite_or_none(s.median_ms), "p90_ms": finite_or_none(s.p90_ms),
-            "cv": finite_or_none(s.cv), "n": s.n}
+    return {
+        "median_ms": finite_or_none(s.median_ms),
+        "p90_ms": finite_or_none(s.p90_ms),
+        "cv": finite_or_none(s.cv),
+        "n": s.n,
+    }
 
 
 def candidate_out(record, view: SearchView) -> dict[str, Any]:
     a = view.analysis
     feasible = next((bool(f) for r, f in zip(a.complete, a.feasible) if r.id == record.id), None)
-    brief = candidate_brief(record, on_front=record.id in a.front_ids, knee=record.id == a.knee_id,
-                            feasible=feasible)
-    return {**brief, "attempts": record.attempts,
-            "latencies": [{"profile": lat.profile, "profile_hash": lat.profile_hash,
-                           "node": lat.node, "prefill": _stats(lat.prefill),
-                           "decode": _stats(lat.decode)} for lat in record.latencies],
-            "proxy": record.proxy,
-            "timings": {k: finite_or_none(v) for k, v in record.timings.items()},
-            "node": record.node, "started_at": record.started_at,
-            "finished_at": record.finished_at, "has_weights": record.has_weights,
-            "search_url": search_url(record.search),
-            "export_url": f"/api/candidates/{record.id}/export"}
+    brief = candidate_brief(
+        record, on_front=record.id in a.front_ids, knee=record.id == a.knee_id, feasible=feasible
+    )
+    return {
+        **brief,
+        "attempts": record.attempts,
+        "latencies": [
+            {
+                "profile": lat.profile,
+                "profile_hash": lat.profile_hash,
+                "node": lat.node,
+                "prefill": _stats(lat.prefill),
+                "decode": _stats(lat.decode),
+            }
+            for lat in record.latencies
+        ],
+        "proxy": record.proxy,
+        "timings": {k: finite_or_none(v) for k, v in record.timings.items()},
+        "node": record.node,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "has_weights": record.has_weights,
+        "search_url": search_url(record.search),
+        "export_url": f"/api/candidates/{record.id}/export",
+    }
 
 
 class ViewCache:
@@ -271,8 +307,17 @@ class ViewCache:
 def version(s: SearchSummary) -> str:
     """Changes whenever the search or its candidates do: ``updated_at`` moves on every write
     to them, and the snapshot fields catch the snapshot the driver writes right after."""
-    key = (s.updated_at.isoformat(), s.status, s.n_complete, s.n_failed, s.n_pruned,
-           s.n_running, s.n_interrupted, s.front_size, s.hypervolume)
+    key = (
+        s.updated_at.isoformat(),
+        s.status,
+        s.n_complete,
+        s.n_failed,
+        s.n_pruned,
+        s.n_running,
+        s.n_interrupted,
+        s.front_size,
+        s.hypervolume,
+    )
     return hashlib.sha1(repr(key).encode()).hexdigest()[:12]
 
 
@@ -284,6 +329,4 @@ def json_bytes(value: Any) -> bytes:
     try:
         return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
     except ValueError:
-        from nas.service.templating import _clean
-
-        return json.dumps(_clean(value), separators=(",", ":")).encode()
+        return json.dumps(json_safe(value), separators=(",", ":")).encode()

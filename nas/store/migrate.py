@@ -47,7 +47,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:  # noqa: ARG001 - Alembic's include_name signature
     """Only our tables: Optuna's share the database and must look neither added nor removed."""
     if type_ == "table":
         return bool(name) and str(name).startswith("nas_") and name != VERSION_TABLE

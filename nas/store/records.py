@@ -12,7 +12,7 @@ from typing import Any
 
 from nas.architecture import Architecture
 from nas.results import ProfileLatency
-
+from nas.states import DRIVER_LOST, LIVE_STATUSES
 
 HEARTBEAT_SECONDS = 5.0  # how often a live driver writes its heartbeat
 # A driver's heartbeat older than this means it is gone (killed, machine lost). Generous: a
@@ -24,8 +24,6 @@ STALE_AFTER_SECONDS = 60.0
 def shown_status(status: str, heartbeat_at: datetime | None, now: datetime | None = None) -> str:
     """The status readers see: a running or stopping search whose driver stopped beating is
     ``driver lost`` (resume it with ``nas search``), whatever the last stored status says."""
-    from nas.store.tables import DRIVER_LOST, LIVE_STATUSES
-
     if status not in LIVE_STATUSES:
         return status
     now = now or datetime.now(timezone.utc)

@@ -34,10 +34,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-SEARCH_STATUSES: tuple[str, ...] = ("running", "stopping", "stopped", "finished", "failed")
-LIVE_STATUSES: tuple[str, ...] = ("running", "stopping")  # a driver should be beating
-DRIVER_LOST = "driver lost"  # what readers see for a live status whose heartbeat went stale
-CANDIDATE_STATES: tuple[str, ...] = ("running", "complete", "failed", "pruned")
+from nas.states import CANDIDATE_STATES, DRIVER_LOST, LIVE_STATUSES, SEARCH_STATUSES  # noqa: F401 - re-exported
 
 # Deterministic constraint names: Alembic can only alter or drop what it can name,
 # and SQLite/PostgreSQL would otherwise invent different ones.
@@ -64,14 +61,14 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:  # noqa: ARG002 - SQLAlchemy's TypeDecorator signature
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: the store keeps aware UTC timestamps")
         return value.astimezone(timezone.utc)
 
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:  # noqa: ARG002 - SQLAlchemy's TypeDecorator signature
         if value is None:
             return None
         if value.tzinfo is None:
@@ -89,12 +86,12 @@ class Real(TypeDecorator[float]):
     impl = Double
     cache_ok = True
 
-    def process_bind_param(self, value: float | None, dialect: Dialect) -> float | None:
+    def process_bind_param(self, value: float | None, dialect: Dialect) -> float | None:  # noqa: ARG002 - SQLAlchemy's TypeDecorator signature
         if value is None or math.isnan(value):
             return None
         return float(value)
 
-    def process_result_value(self, value: float | None, dialect: Dialect) -> float:
+    def process_result_value(self, value: float | None, dialect: Dialect) -> float:  # noqa: ARG002 - SQLAlchemy's TypeDecorator signature
         return math.nan if value is None else float(value)
 
 

@@ -7,6 +7,7 @@ import stat
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -184,56 +185,74 @@ def test_launch_a_shipped_space(writer, spawn, store, workdir):
 
 
 def test_launch_yaml_goes_to_a_private_file(writer, spawn, workdir):
-    text = open(TINY_YAML_PATH).read()
+    text = Path(TINY_YAML_PATH).read_text()
     r = writer.post("/api/searches", json={"name": "from-yaml", "space_yaml": text})
     assert r.status_code == 202, r.text
     argv = spawn.calls[0][0]
     path = argv[4]
     assert os.path.dirname(path) == str(workdir / "spaces") and path.endswith(".yaml")
     assert os.path.basename(path).startswith("from-yaml-")
-    assert open(path).read() == text
+    assert Path(path).read_text() == text
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(workdir / "spaces").st_mode) == 0o700
     assert "--trials" not in argv and argv[argv.index("--profiles") + 1] == "cpu-1t"
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"name": "x", "space": "tiny", "trials": 0}, ["body", "trials"]),
-    ({"name": "x", "space": "tiny", "trials": 10**6}, ["body", "trials"]),
-    ({"name": "../etc", "space": "tiny"}, ["body", "name"]),
-    ({"name": "a b", "space": "tiny"}, ["body", "name"]),
-    ({"name": "x; rm -rf /", "space": "tiny"}, ["body", "name"]),
-    ({"space": "tiny"}, ["body", "name"]),
-    ({"name": "x", "space": "../search_spaces/tiny"}, ["body", "space"]),
-    ({"name": "x", "space": "no-such-space"}, ["body", "space"]),
-    ({"name": "x"}, ["body"]),
-    ({"name": "x", "space": "tiny", "space_yaml": "name: y"}, ["body"]),
-    ({"name": "x", "space": "tiny", "profiles": ["/etc/passwd"]}, ["body", "profiles", 0]),
-    ({"name": "x", "space": "tiny", "profiles": ["no-such-profile"]}, ["body", "profiles"]),
-    ({"name": "x", "space": "tiny", "profiles": ["cpu-2t"]}, ["body", "profiles"]),  # objective needs cpu-1t
-    ({"name": "x", "space": "tiny", "profiles": []}, ["body", "profiles"]),
-    ({"name": "x", "space": "tiny", "shell": "yes"}, ["body", "shell"]),
-    ({"name": "x", "space_yaml": "objectives: [this is: not: yaml"}, ["body", "space_yaml"]),
-    ({"name": "x", "space_yaml": "name: x\nobjectives: {val_loss: min}\narchitecture: {n_head: 3, d_model: 32}"},
-     ["body", "space_yaml", "architecture"]),
-    ({"name": "x", "space_yaml": "objectives: {val_loss: min}\ndata: {corpus: [/etc/passwd]}"},
-     ["body", "space_yaml", "data", "corpus"]),
-    ({"name": "x", "space_yaml": "objectives: {val_loss: min}\nprofiles: [nowhere]"},
-     ["body", "space_yaml", "profiles"]),
-    ({"name": "x", "space_yaml": "x" * (64 * 1024 + 1)}, ["body", "space_yaml"]),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"name": "x", "space": "tiny", "trials": 0}, ["body", "trials"]),
+        ({"name": "x", "space": "tiny", "trials": 10**6}, ["body", "trials"]),
+        ({"name": "../etc", "space": "tiny"}, ["body", "name"]),
+        ({"name": "a b", "space": "tiny"}, ["body", "name"]),
+        ({"name": "x; rm -rf /", "space": "tiny"}, ["body", "name"]),
+        ({"space": "tiny"}, ["body", "name"]),
+        ({"name": "x", "space": "../search_spaces/tiny"}, ["body", "space"]),
+        ({"name": "x", "space": "no-such-space"}, ["body", "space"]),
+        ({"name": "x"}, ["body"]),
+        ({"name": "x", "space": "tiny", "space_yaml": "name: y"}, ["body"]),
+        ({"name": "x", "space": "tiny", "profiles": ["/etc/passwd"]}, ["body", "profiles", 0]),
+        ({"name": "x", "space": "tiny", "profiles": ["no-such-profile"]}, ["body", "profiles"]),
+        (
+            {"name": "x", "space": "tiny", "profiles": ["cpu-2t"]},
+            ["body", "profiles"],
+        ),  # objective needs cpu-1t
+        ({"name": "x", "space": "tiny", "profiles": []}, ["body", "profiles"]),
+        ({"name": "x", "space": "tiny", "shell": "yes"}, ["body", "shell"]),
+        ({"name": "x", "space_yaml": "objectives: [this is: not: yaml"}, ["body", "space_yaml"]),
+        (
+            {
+                "name": "x",
+                "space_yaml": "name: x\nobjectives: {val_loss: min}\narchitecture: {n_head: 3, d_model: 32}",
+            },
+            ["body", "space_yaml", "architecture"],
+        ),
+        (
+            {"name": "x", "space_yaml": "objectives: {val_loss: min}\ndata: {corpus: [/etc/passwd]}"},
+            ["body", "space_yaml", "data", "corpus"],
+        ),
+        (
+            {"name": "x", "space_yaml": "objectives: {val_loss: min}\nprofiles: [nowhere]"},
+            ["body", "space_yaml", "profiles"],
+        ),
+        ({"name": "x", "space_yaml": "x" * (64 * 1024 + 1)}, ["body", "space_yaml"]),
+    ],
+)
 def test_launch_rejects_bad_bodies_naming_the_field(writer, spawn, body, field, workdir):
     r = writer.post("/api/searches", json=body)
     assert r.status_code == 422, r.text
-    assert r.json()["detail"][0]["loc"][:len(field)] == field, r.json()
+    assert r.json()["detail"][0]["loc"][: len(field)] == field, r.json()
     assert r.json()["detail"][0]["msg"]
     assert spawn.calls == []
     assert not (workdir / "spaces").exists() or not any((workdir / "spaces").iterdir())
 
 
 def test_launch_rejects_a_body_that_is_not_json(writer, spawn):
-    r = writer.post("/api/searches", content="name=x&space=tiny",
-                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = writer.post(
+        "/api/searches",
+        content="name=x&space=tiny",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 422 and spawn.calls == []
     r = writer.post("/api/searches", content="{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and spawn.calls == []
@@ -280,19 +299,23 @@ def test_stopping_a_search_whose_driver_was_lost_records_the_stop(writer, store,
 
 
 # ----- token, origin, host -----------------------------------------------------------------
-@pytest.mark.parametrize("request_", [
-    ("post", "/api/searches", {"name": "x", "space": "tiny"}),
-    ("post", "/api/searches/live/stop", None),
-    ("delete", "/api/searches/live", None),
-    ("put", "/api/searches/live", {}),
-])
+@pytest.mark.parametrize(
+    "request_",
+    [
+        ("post", "/api/searches", {"name": "x", "space": "tiny"}),
+        ("post", "/api/searches/live/stop", None),
+        ("delete", "/api/searches/live", None),
+        ("put", "/api/searches/live", {}),
+    ],
+)
 def test_writes_need_the_token(guarded, store, spawn, request_):
     method, url, body = request_
     r = getattr(guarded, method)(url, **({"json": body} if body is not None else {}))
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     assert "token" in r.json()["detail"]
-    r = getattr(guarded, method)(url, headers={"Authorization": "Bearer wrong"},
-                                 **({"json": body} if body is not None else {}))
+    r = getattr(guarded, method)(
+        url, headers={"Authorization": "Bearer wrong"}, **({"json": body} if body is not None else {})
+    )
     assert r.status_code == 401 and r.json()["detail"] == "invalid token"
     assert spawn.calls == [] and store.get_search("live").status == "running"
 
@@ -302,8 +325,7 @@ def test_the_token_opens_writes_and_reads_need_none(guarded, store, spawn):
     assert guarded.get("/").status_code == 200
     r = guarded.post("/api/searches/live/stop", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 202
-    r = guarded.post("/api/searches", json={"name": "x", "space": "tiny"},
-                     headers={"X-NAS-Token": TOKEN})
+    r = guarded.post("/api/searches", json={"name": "x", "space": "tiny"}, headers={"X-NAS-Token": TOKEN})
     assert r.status_code == 202 and len(spawn.calls) == 1
 
 
@@ -364,8 +386,13 @@ def test_reads_while_a_search_writes(tmp_path):
         try:
             deadline = time.monotonic() + 30
             while thread.is_alive() and time.monotonic() < deadline:
-                for path in ("/api/searches/busy", "/api/searches/busy/candidates",
-                             "/api/searches/busy/figures", "/searches/busy", "/"):
+                for path in (
+                    "/api/searches/busy",
+                    "/api/searches/busy/candidates",
+                    "/api/searches/busy/figures",
+                    "/searches/busy",
+                    "/",
+                ):
                     r = c.get(path)
                     assert r.status_code == 200, (path, r.text)
                 seen.append(client_count := len(c.get("/api/searches/busy/candidates").json()))

@@ -10,6 +10,7 @@ candidate's page, and screenshots go to the test's temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -87,7 +88,7 @@ def server(tmp_path):
     scratch = tempfile.mkdtemp(prefix="nas-bt-")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": scratch}
     env.pop("NAS_TOKEN", None)
-    log = open(tmp_path / "serve.log", "wb")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the server writes it until the fixture ends
     proc = subprocess.Popen([sys.executable, "-m", "nas", "serve", "--db", db, "--port", str(port)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -177,10 +178,8 @@ def test_browse_a_real_search(server, browser, tmp_path):
         print(f"screenshots: {tmp_path / 'search.png'} {tmp_path / 'candidate.png'}")
     finally:
         # The search runs in its own session: end it (and its workers) if the test failed.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(launched["pid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
 def test_offline_report_in_the_browser(browser, tmp_path):
@@ -240,7 +239,8 @@ def click_first_front_marker(browser) -> dict:
 @pytest.fixture
 def offline_browser(tmp_path):
     """Chromium that cannot resolve any host but 127.0.0.1: a CDN asset would not load."""
-    driver = _chromium(tmp_path, "chromium-offline", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
+    offline = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
+    driver = _chromium(tmp_path, "chromium-offline", offline)
     yield driver
     driver.quit()
 
@@ -249,12 +249,16 @@ def test_api_docs_offline(server, offline_browser, tmp_path):
     """/api/docs renders Swagger UI's operations list with the network cut off: every asset
     comes from the server itself (the installed bundle), none from a CDN."""
     offline_browser.get(server + "/api/docs")
-    wait_until(lambda: len(offline_browser.find_elements("css selector", ".opblock")) >= 8, 30,
-               "Swagger UI's operations list")
+    wait_until(
+        lambda: len(offline_browser.find_elements("css selector", ".opblock")) >= 8,
+        30,
+        "Swagger UI's operations list",
+    )
     paths = {e.text for e in offline_browser.find_elements("css selector", ".opblock-summary-path")}
     assert {"/api/searches", "/api/searches/{name}/front"} <= paths
     fetched = offline_browser.execute_script(
-        "return performance.getEntriesByType('resource').map(e => e.name)")
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
     assert fetched and all(url.startswith(server + "/") for url in fetched), fetched
     offline_browser.save_screenshot(str(tmp_path / "api-docs.png"))
 
@@ -267,21 +271,24 @@ def launch_from_the_form(browser, server: str, name: str, space_yaml: str) -> No
     browser.find_element("id", "name").clear()
     browser.find_element("id", "name").send_keys(name)
     Select(browser.find_element("id", "space")).select_by_value("")  # my own YAML
-    browser.execute_script("arguments[0].value = arguments[1]",
-                           browser.find_element("id", "space_yaml"), space_yaml)
+    browser.execute_script(
+        "arguments[0].value = arguments[1]", browser.find_element("id", "space_yaml"), space_yaml
+    )
     browser.find_element("id", "trials").send_keys("1")
     browser.find_element("id", "start").click()
 
 
 def wait_for_search_page(browser, server: str, name: str) -> None:
     """The redirect lands on the search's live page ("starting", then the search itself)."""
-    wait_until(lambda: browser.current_url == f"{server}/searches/{name}", 30,
-               f"the redirect to /searches/{name}")
+    wait_until(
+        lambda: browser.current_url == f"{server}/searches/{name}", 30, f"the redirect to /searches/{name}"
+    )
 
     def search_page() -> bool:
         if "exited (" in browser.find_element("tag name", "h1").text:
-            raise AssertionError("the search process failed:\n" +
-                                 browser.find_element("css selector", "pre.log").text)
+            raise AssertionError(
+                "the search process failed:\n" + browser.find_element("css selector", "pre.log").text
+            )
         return browser.execute_script("return !!document.getElementById('pareto')")
 
     wait_until(search_page, 180, f"the page of {name} (the driver creating the search)", interval=1)
@@ -304,8 +311,9 @@ def test_launch_from_the_new_search_page_and_compare(server, browser, tmp_path):
     try:
         # A typo in the YAML: the form comes back with the error beside the box, naming the key.
         launch_from_the_form(browser, server, "form-a", space.replace("n_layer:", "n_layers:", 1))
-        error = wait_until(lambda: browser.find_elements("id", "error-space_yaml"), 30,
-                           "the inline YAML error")[0]
+        error = wait_until(
+            lambda: browser.find_elements("id", "error-space_yaml"), 30, "the inline YAML error"
+        )[0]
         assert "unknown key 'architecture.n_layers'" in error.text
         assert browser.find_element("id", "error-key").text == "architecture.n_layers"
         assert browser.current_url == f"{server}/new"
@@ -328,10 +336,14 @@ def test_launch_from_the_new_search_page_and_compare(server, browser, tmp_path):
             browser.find_element("css selector", f"input[name=names][value={name}]").click()
         browser.find_element("id", "compare-selected").click()
         wait_until(lambda: "/compare?" in browser.current_url, 20, "the compare page")
-        fronts = wait_until(lambda: browser.execute_script(
-            "const gd = document.getElementById('compare');"
-            "return gd && gd.data ? gd.data.filter(t => t.mode === 'markers').map(t => t.meta) : null"),
-            30, "the compare plot")
+        fronts = wait_until(
+            lambda: browser.execute_script(
+                "const gd = document.getElementById('compare');"
+                "return gd && gd.data ? gd.data.filter(t => t.mode === 'markers').map(t => t.meta) : null"
+            ),
+            30,
+            "the compare plot",
+        )
         assert fronts == ["form-a", "form-b"]
         assert len(browser.find_elements("css selector", "#compare .scatterlayer .points path.point")) == 2
         assert browser.find_elements("css selector", ".cannot-compare") == []

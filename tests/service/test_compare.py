@@ -10,11 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
-from harness import assert_documented
 
+from harness import assert_documented
 from nas import plots
 from nas.fronts import load_front
-from nas.pareto import Objective
+from nas.objectives import Objective
 from nas.service import create_app
 from nas.service.compare_page import cannot_compare, compare, requested_names
 

@@ -90,7 +90,9 @@ def test_candidate_page_export_link_downloads_the_zip(served, tmp_path: Path) ->
     client, _, ids, model = served
     page = client.get(f"/candidates/{ids['complete']}", headers={"accept": "text/html"})
     assert page.status_code == 200
-    link = re.search(r'<a[^>]*id="export"[^>]*href="([^"]+)"|<a[^>]*href="([^"]+)"[^>]*id="export"', page.text)
+    link = re.search(
+        r'<a[^>]*id="export"[^>]*href="([^"]+)"|<a[^>]*href="([^"]+)"[^>]*id="export"', page.text
+    )
     assert link is not None, "candidate page has no Export (zip) link"
     response = client.get(link.group(1) or link.group(2))
     assert response.status_code == 200
@@ -155,8 +157,9 @@ def test_browser_downloads_the_zip_from_the_candidate_page(served, live_url: str
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(arg)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     browser = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
         browser.get(f"{live_url}/candidates/{ids['complete']}")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from harness import assert_documented
 
+from harness import assert_documented
 from nas.service import create_app
 from nas.service.launch_page import yaml_key_line
 from nas.store import Store
@@ -199,14 +199,24 @@ def test_yaml_key_line():
 # ----- rows of docs/bad-input.md ---------------------------------------------------------------
 DOCUMENTED = {
     "page-launch-no-space": ({"name": "x", "space": ""}, None, "space_yaml", None),
-    "page-launch-yaml-twice": ({"name": "x", "space": "", "space_yaml": PASTED},
-                               {"space_file": ("e2e.yaml", PASTED.encode(), "text/yaml")},
-                               "space_yaml", None),
-    "page-launch-upload-not-text": ({"name": "x", "space": ""},
-                                    {"space_file": ("model.bin", b"name: x\n\xff\xfe\x00", "application/octet-stream")},
-                                    "space_yaml", None),
-    "page-launch-trials-not-a-number": ({"name": "x", "space": "tiny", "trials": "many"}, None,
-                                        "trials", None),
+    "page-launch-yaml-twice": (
+        {"name": "x", "space": "", "space_yaml": PASTED},
+        {"space_file": ("e2e.yaml", PASTED.encode(), "text/yaml")},
+        "space_yaml",
+        None,
+    ),
+    "page-launch-upload-not-text": (
+        {"name": "x", "space": ""},
+        {"space_file": ("model.bin", b"name: x\n\xff\xfe\x00", "application/octet-stream")},
+        "space_yaml",
+        None,
+    ),
+    "page-launch-trials-not-a-number": (
+        {"name": "x", "space": "tiny", "trials": "many"},
+        None,
+        "trials",
+        None,
+    ),
     "page-launch-token-missing": ({"name": "x", "space": "tiny"}, None, "token", TOKEN),
     "page-launch-token-wrong": ({"name": "x", "space": "tiny", "token": "guess"}, None, "token", TOKEN),
 }

@@ -7,9 +7,9 @@ import re
 from html import unescape
 
 import pytest
-from harness import assert_documented
 from typer.testing import CliRunner
 
+from harness import assert_documented
 from nas.errors import ConfigError, NotFoundError
 from nas.report import render_report, write_report
 from nas.service.templating import plotly_js_path, script_json
@@ -181,9 +181,14 @@ def test_api_docs_are_served_from_the_package(client):
 
 
 @pytest.mark.parametrize("accept", [None, "*/*", "text/html,application/xhtml+xml"])
-@pytest.mark.parametrize("path, message", [
-    ("/searches/nope", "no search named &#39;nope&#39;"), ("/candidates/999999", "no candidate with id 999999"),
-    ("/no/such/page", "there is no page at /no/such/page")])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/searches/nope", "no search named &#39;nope&#39;"),
+        ("/candidates/999999", "no candidate with id 999999"),
+        ("/no/such/page", "there is no page at /no/such/page"),
+    ],
+)
 def test_html_routes_answer_404_with_a_page(client, path, message, accept):
     """A browser, curl (``*/*``) or no Accept at all: a page in the site's look, a link home."""
     r = client.get(path, headers={"Accept": accept} if accept else {"Accept": ""})
@@ -202,7 +207,9 @@ def test_api_404s_stay_json(client):
             assert isinstance(r.json()["detail"], str)
     # A client that asks for JSON only gets JSON from a page route too.
     r = client.get("/searches/nope", headers={"Accept": "application/json"})
-    assert r.status_code == 404 and r.json() == {"detail": "no search named 'nope' (existing: demo, live, cube)"}
+    assert r.status_code == 404 and r.json() == {
+        "detail": "no search named 'nope' (existing: demo, live, cube)"
+    }
 
 
 def test_candidate_page_says_trial_not_candidate_id(client, shared_store):
@@ -245,10 +252,12 @@ def test_one_date_format_in_pages_and_report(client, shared_store, tmp_path):
     assert all(stamp.fullmatch(when) for _, when in hover)
 
 
-DOCUMENTED_PAGES = {"page-unknown-search": "/searches/nope",
-                    "page-unknown-candidate": "/candidates/999999",
-                    "page-unknown-path": "/no/such/page",
-                    "docs-unknown-asset": "/vendor/swagger-ui/index.html"}
+DOCUMENTED_PAGES = {
+    "page-unknown-search": "/searches/nope",
+    "page-unknown-candidate": "/candidates/999999",
+    "page-unknown-path": "/no/such/page",
+    "docs-unknown-asset": "/vendor/swagger-ui/index.html",
+}
 
 
 @pytest.mark.parametrize("row_id", sorted(DOCUMENTED_PAGES))

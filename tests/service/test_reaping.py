@@ -7,6 +7,7 @@ the launcher's own reaping can collect it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -84,10 +85,8 @@ def test_a_launched_search_that_ends_leaves_no_zombie(tmp_path):
         _wait(gone, 15, f"the server to reap its child {child_pid} (zombies: {_zombies(parent)})")
     finally:
         if child_pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child_pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         server.terminate()
         try:
             server.wait(timeout=10)

@@ -16,7 +16,7 @@ from nas.store.migrate import VERSION_TABLE, include_name
 from nas.store.tables import Base
 
 
-def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
+def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:  # noqa: ARG001 - Alembic's render_item signature
     # Migrations hold plain SQL types: our TypeDecorators only change Python-side handling.
     if type_ == "type" and isinstance(obj, TypeDecorator):
         return f"sa.{obj.impl!r}"

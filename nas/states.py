@@ -1,0 +1,10 @@
+"""The names of search statuses and candidate states: the store's CHECK constraints, the API's
+schemas, the pages and the CLI all read them from here."""
+
+from __future__ import annotations
+
+SEARCH_STATUSES: tuple[str, ...] = ("running", "stopping", "stopped", "finished", "failed")
+LIVE_STATUSES: tuple[str, ...] = ("running", "stopping")  # a driver should be beating
+DRIVER_LOST = "driver lost"  # what readers see for a live status whose heartbeat went stale
+SHOWN_STATUSES: tuple[str, ...] = (*SEARCH_STATUSES, DRIVER_LOST)
+CANDIDATE_STATES: tuple[str, ...] = ("running", "complete", "failed", "pruned")
