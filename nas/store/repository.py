@@ -12,13 +12,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, literal, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from nas.architecture import Architecture
 from nas.errors import NotFoundError, StoreError
-from nas.results import CandidateResult, LatencyStats, ProfileLatency, to_jsonable
+from nas.results import CandidateResult, ProfileLatency, to_jsonable
 from nas.store import engine as _engine
 from nas.store import migrate
 from nas.store.engine import retrying
@@ -28,6 +28,16 @@ from nas.store.records import (
     SearchSummary,
     SnapshotRecord,
     shown_status,
+)
+from nas.store.rows import (
+    candidate_row,
+    delete_results,
+    latency_values,
+    load_candidates,
+    profile_latency,
+    search_record,
+    search_row,
+    snapshot_record,
 )
 from nas.store.tables import (
     CANDIDATE_STATES,
@@ -46,7 +56,6 @@ if TYPE_CHECKING:
     import optuna
 
 FINISHED_STATES = ("complete", "failed", "pruned")
-_NAMES_SHOWN = 20  # existing search names listed in a NotFoundError
 
 
 class Store:
@@ -138,7 +147,7 @@ class Store:
                         f"search {name!r} already exists with another space or study "
                         f"(space hash {row.space_hash} vs {space_hash}, study {row.study_name!r} "
                         f"vs {study_name!r})")
-                return _search_record(row)
+                return search_record(row)
             row = Search(name=name, space=dict(space), space_hash=space_hash,
                          profiles=[dict(p) for p in profiles],
                          objectives=[[metric, direction] for metric, direction in objectives],
@@ -148,19 +157,19 @@ class Store:
                          finished_at=None, updated_at=now, heartbeat_at=now)
             session.add(row)
             session.flush()
-            return _search_record(row)
+            return search_record(row)
 
     @retrying
     def find_search(self, name: str) -> SearchRecord | None:
         with self._read() as session:
             row = session.scalar(select(Search).where(Search.name == name))
-            return None if row is None else _search_record(row)
+            return None if row is None else search_record(row)
 
     @retrying
     def get_search(self, name: str) -> SearchRecord:
         """The search called ``name``; NotFoundError listing the existing names otherwise."""
         with self._read() as session:
-            return _search_record(_search_row(session, name))
+            return search_record(search_row(session, name))
 
     @retrying
     def list_searches(self) -> list[SearchSummary]:
@@ -208,7 +217,7 @@ class Store:
             raise ValueError(f"status={status!r} must be one of {', '.join(SEARCH_STATUSES)}")
         now = utcnow()
         with self._write() as session:
-            row = _search_row(session, name)
+            row = search_row(session, name)
             row.status, row.error, row.updated_at = status, error, now
             if status in LIVE_STATUSES:
                 row.heartbeat_at = now  # set by the driver itself, or by a reader asking it to stop
@@ -221,21 +230,21 @@ class Store:
     def heartbeat(self, name: str) -> None:
         """The driver of ``name`` is alive (see `nas.store.records.shown_status`)."""
         with self._write() as session:
-            _search_row(session, name).heartbeat_at = utcnow()
+            search_row(session, name).heartbeat_at = utcnow()
 
     @retrying
     def update_search(self, name: str, *, trials: int | None = None,
                       reference_point: Sequence[float] | None = None) -> SearchRecord:
         """Change the trials budget (a resumed search may extend it) or record the reference point."""
         with self._write() as session:
-            row = _search_row(session, name)
+            row = search_row(session, name)
             if trials is not None:
                 row.trials = trials
             if reference_point is not None:
                 row.reference_point = [float(v) for v in reference_point]
             row.updated_at = utcnow()
             session.flush()
-            return _search_record(row)
+            return search_record(row)
 
     def delete_search(self, name: str) -> SearchRecord:
         """Delete search ``name``, its candidates (metrics, latencies, weights), snapshots and
@@ -296,21 +305,21 @@ class Store:
         """
         now = utcnow()
         with self._write() as session:
-            search_row = _search_row(session, search)
-            row = _candidate_row(session, search_row.id, trial_number)
+            owner = search_row(session, search)
+            row = candidate_row(session, owner.id, trial_number)
             if row is None:
-                row = Candidate(search_id=search_row.id, trial_number=trial_number, attempts=1)
+                row = Candidate(search_id=owner.id, trial_number=trial_number, attempts=1)
                 session.add(row)
             elif row.state == "complete":
                 raise StoreError(f"search {search!r} trial {trial_number} is already complete "
                                  f"(candidate {row.id}); refusing to run it again")
             else:
                 row.attempts += 1
-                _delete_results(session, row.id)
+                delete_results(session, row.id)
             row.architecture, row.arch_hash = architecture.to_dict(), architecture.hash
             row.state, row.error, row.timings, row.proxy, row.node = "running", "", {}, None, ""
             row.started_at, row.finished_at = now, None
-            search_row.updated_at = now
+            owner.updated_at = now
             session.flush()
             return row.id
 
@@ -327,10 +336,10 @@ class Store:
         now = utcnow()
         arch = result.architecture
         with self._write() as session:
-            search_row = _search_row(session, search)
-            row = _candidate_row(session, search_row.id, trial_number)
+            owner = search_row(session, search)
+            row = candidate_row(session, owner.id, trial_number)
             if row is None:
-                row = Candidate(search_id=search_row.id, trial_number=trial_number, attempts=1,
+                row = Candidate(search_id=owner.id, trial_number=trial_number, attempts=1,
                                 started_at=now)
                 session.add(row)
             row.architecture, row.arch_hash = arch.to_dict(), arch.hash
@@ -338,21 +347,21 @@ class Store:
             row.timings = {k: float(v) for k, v in result.timings.items()}
             row.proxy = None if result.proxy is None else to_jsonable(result.proxy)
             row.finished_at = now
-            search_row.updated_at = now
+            owner.updated_at = now
             session.flush()
-            _delete_results(session, row.id)
+            delete_results(session, row.id)
             if result.metrics:
                 session.execute(insert(Metric), [
                     {"candidate_id": row.id, "name": name, "value": float(value)}
                     for name, value in result.metrics.items()])
             if result.latencies:
                 session.execute(insert(Latency), [
-                    _latency_values(row.id, arch.hash, lat, now) for lat in result.latencies])
+                    latency_values(row.id, arch.hash, lat, now) for lat in result.latencies])
             if result.weights is not None:
                 session.execute(insert(Weights), [{
                     "candidate_id": row.id, "format": "safetensors", "size": len(result.weights),
                     "data": result.weights, "created_at": now}])
-            return _load_candidates(session, Candidate.id == row.id)[0]
+            return load_candidates(session, Candidate.id == row.id)[0]
 
     @retrying
     def fail_candidate(self, search: str, trial_number: int, error: str,
@@ -362,15 +371,15 @@ class Store:
             raise ValueError(f"state={state!r} must be 'failed' or 'pruned'")
         now = utcnow()
         with self._write() as session:
-            search_row = _search_row(session, search)
-            row = _candidate_row(session, search_row.id, trial_number)
+            owner = search_row(session, search)
+            row = candidate_row(session, owner.id, trial_number)
             if row is None:
                 raise NotFoundError(f"search {search!r} has no trial {trial_number}")
             if row.state == "complete":
                 raise StoreError(f"search {search!r} trial {trial_number} is complete "
                                  f"(candidate {row.id}); refusing to mark it {state}")
             row.state, row.error, row.finished_at = state, error, now
-            search_row.updated_at = now
+            owner.updated_at = now
 
     @retrying
     def add_pareto_snapshot(self, search: str, n_complete: int, hypervolume: float | None,
@@ -378,7 +387,7 @@ class Store:
         """Record the front after ``n_complete`` candidates (replacing one with the same count)."""
         now = utcnow()
         with self._write() as session:
-            search_id = _search_row(session, search).id
+            search_id = search_row(session, search).id
             row = session.scalar(select(ParetoSnapshot).where(
                 ParetoSnapshot.search_id == search_id, ParetoSnapshot.n_complete == n_complete))
             if row is None:
@@ -387,7 +396,7 @@ class Store:
             row.hypervolume = None if hypervolume is None else float(hypervolume)
             row.front, row.created_at = [int(i) for i in front_ids], now
             session.flush()
-            return _snapshot_record(row)
+            return snapshot_record(row)
 
     # ----- candidates: reads --------------------------------------------------------------
     @retrying
@@ -399,19 +408,19 @@ class Store:
         reading 10,000 candidates, and lists, tables and fronts never show the curves.
         """
         with self._read() as session:
-            where = [Candidate.search_id == _search_row(session, search).id]
+            where = [Candidate.search_id == search_row(session, search).id]
             if states is not None:
                 wanted = list(states)
                 unknown = set(wanted) - set(CANDIDATE_STATES)
                 if unknown:
                     raise ValueError(f"states {sorted(unknown)} not in {', '.join(CANDIDATE_STATES)}")
                 where.append(Candidate.state.in_(wanted))
-            return _load_candidates(session, *where, with_proxy=with_proxy)
+            return load_candidates(session, *where, with_proxy=with_proxy)
 
     @retrying
     def candidate(self, candidate_id: int) -> CandidateRecord:
         with self._read() as session:
-            found = _load_candidates(session, Candidate.id == candidate_id)
+            found = load_candidates(session, Candidate.id == candidate_id)
         if not found:
             raise NotFoundError(f"no candidate with id {candidate_id}")
         return found[0]
@@ -419,8 +428,8 @@ class Store:
     @retrying
     def candidate_by_trial(self, search: str, trial_number: int) -> CandidateRecord:
         with self._read() as session:
-            search_id = _search_row(session, search).id
-            found = _load_candidates(session, Candidate.search_id == search_id,
+            search_id = search_row(session, search).id
+            found = load_candidates(session, Candidate.search_id == search_id,
                                      Candidate.trial_number == trial_number)
         if not found:
             raise NotFoundError(f"search {search!r} has no trial {trial_number}")
@@ -434,13 +443,13 @@ class Store:
                 select(*Latency.__table__.c).where(Latency.arch_hash == arch_hash,
                                                    Latency.profile_hash == profile_hash)
                 .order_by(Latency.measured_at.desc()).limit(1)).one_or_none()
-            return None if row is None else _profile_latency(row)
+            return None if row is None else profile_latency(row)
 
     @retrying
     def running_trials(self, search: str) -> list[int]:
         """Trial numbers still marked running: after a crash, the ones to re-run."""
         with self._read() as session:
-            search_id = _search_row(session, search).id
+            search_id = search_row(session, search).id
             return list(session.scalars(
                 select(Candidate.trial_number).where(Candidate.search_id == search_id,
                                                      Candidate.state == "running")
@@ -449,13 +458,13 @@ class Store:
     @retrying
     def pareto_snapshots(self, search: str) -> list[SnapshotRecord]:
         with self._read() as session:
-            search_id = _search_row(session, search).id
+            search_id = search_row(session, search).id
             # Core rows, not ORM entities: a long search has one snapshot per finished trial.
             rows = session.connection().execute(
                 select(ParetoSnapshot.n_complete, ParetoSnapshot.hypervolume, ParetoSnapshot.front,
                        ParetoSnapshot.created_at)
                 .where(ParetoSnapshot.search_id == search_id).order_by(ParetoSnapshot.n_complete))
-            return [_snapshot_record(row) for row in rows]
+            return [snapshot_record(row) for row in rows]
 
     @retrying
     def weights(self, candidate_id: int) -> bytes:
@@ -465,106 +474,3 @@ class Store:
         if data is None:
             raise NotFoundError(f"no weights stored for candidate {candidate_id}")
         return bytes(data)
-
-
-# ----- helpers (all take the caller's session) -----------------------------------------------
-def _search_row(session: Session, name: str) -> Search:
-    row = session.scalar(select(Search).where(Search.name == name))
-    if row is None:
-        names = list(session.scalars(select(Search.name).order_by(Search.created_at)
-                                     .limit(_NAMES_SHOWN + 1)))
-        shown = ", ".join(names[:_NAMES_SHOWN]) + (", ..." if len(names) > _NAMES_SHOWN else "")
-        raise NotFoundError(f"no search named {name!r} (existing: {shown or 'none'})")
-    return row
-
-
-def _candidate_row(session: Session, search_id: int, trial_number: int) -> Candidate | None:
-    return session.scalar(select(Candidate).where(Candidate.search_id == search_id,
-                                                  Candidate.trial_number == trial_number))
-
-
-def _delete_results(session: Session, candidate_id: int) -> None:
-    for table in (Metric, Latency, Weights):
-        session.execute(delete(table).where(table.candidate_id == candidate_id)
-                        .execution_options(synchronize_session=False))
-
-
-def _latency_values(candidate_id: int, arch_hash: str, lat: ProfileLatency,
-                    now: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {"candidate_id": candidate_id, "profile": lat.profile,
-                              "profile_hash": lat.profile_hash, "arch_hash": arch_hash,
-                              "node": lat.node, "measured_at": now}
-    for phase, stats in (("prefill", lat.prefill), ("decode", lat.decode)):
-        values.update({f"{phase}_median_ms": stats.median_ms, f"{phase}_p90_ms": stats.p90_ms,
-                       f"{phase}_cv": stats.cv, f"{phase}_n": stats.n})
-    return values
-
-
-def _profile_latency(row: Any) -> ProfileLatency:
-    return ProfileLatency(
-        profile=row.profile, profile_hash=row.profile_hash, node=row.node,
-        prefill=LatencyStats(row.prefill_median_ms, row.prefill_p90_ms, row.prefill_cv, row.prefill_n),
-        decode=LatencyStats(row.decode_median_ms, row.decode_p90_ms, row.decode_cv, row.decode_n))
-
-
-def _load_candidates(session: Session, *where: ColumnElement[bool],
-                     with_proxy: bool = True) -> list[CandidateRecord]:
-    """Candidates matching ``where`` with metrics, latencies and weights flags: four queries.
-
-    Core column selects on the session's connection, not ORM entities: 10,000 candidates
-    would otherwise mean 10,000 identity-map entries and change tracking for nothing.
-    """
-    conn = session.connection()
-    rows = conn.execute(
-        select(Candidate.id, Search.name, Candidate.trial_number, Candidate.architecture,
-               Candidate.arch_hash, Candidate.state, Candidate.error, Candidate.attempts,
-               Candidate.timings, Candidate.proxy if with_proxy else literal(None).label("proxy"),
-               Candidate.node, Candidate.started_at, Candidate.finished_at)
-        .join(Search, Search.id == Candidate.search_id).where(*where)
-        .order_by(Candidate.search_id, Candidate.trial_number)).all()
-    if not rows:
-        return []
-    metrics: dict[int, dict[str, float]] = defaultdict(dict)
-    for candidate_id, name, value in conn.execute(
-            select(Metric.candidate_id, Metric.name, Metric.value)
-            .join(Candidate, Candidate.id == Metric.candidate_id).where(*where)):
-        metrics[candidate_id][name] = value
-    latencies: dict[int, list[ProfileLatency]] = defaultdict(list)
-    for lat in conn.execute(
-            select(*Latency.__table__.c).join(Candidate, Candidate.id == Latency.candidate_id)
-            .where(*where).order_by(Latency.candidate_id, Latency.profile)):
-        latencies[lat.candidate_id].append(_profile_latency(lat))
-    with_weights = set(conn.scalars(
-        select(Weights.candidate_id).join(Candidate, Candidate.id == Weights.candidate_id)
-        .where(*where)))
-    archs: dict[str, Architecture] = {}  # searches revisit shapes; frozen, so shareable
-    records = []
-    for row in rows:
-        arch = archs.get(row.arch_hash)
-        if arch is None:
-            arch = archs[row.arch_hash] = Architecture.from_dict(row.architecture)
-        records.append(CandidateRecord(
-            id=row.id, search=row.name, trial_number=row.trial_number, architecture=arch,
-            arch_hash=row.arch_hash, state=row.state, error=row.error, attempts=row.attempts,
-            metrics=metrics.get(row.id, {}), latencies=tuple(latencies.get(row.id, ())),
-            proxy=row.proxy or {}, timings=row.timings, node=row.node,
-            started_at=row.started_at, finished_at=row.finished_at,
-            has_weights=row.id in with_weights))
-    return records
-
-
-def _search_record(row: Search) -> SearchRecord:
-    return SearchRecord(
-        id=row.id, name=row.name, space=row.space, space_hash=row.space_hash,
-        profiles=tuple(row.profiles), objectives=tuple((m, d) for m, d in row.objectives),
-        constraints=tuple(row.constraints), data=row.data, budget=row.budget, trials=row.trials,
-        status=shown_status(row.status, row.heartbeat_at), study_name=row.study_name,
-        reference_point=None if row.reference_point is None else tuple(row.reference_point),
-        error=row.error, created_at=row.created_at, started_at=row.started_at,
-        finished_at=row.finished_at, updated_at=row.updated_at, heartbeat_at=row.heartbeat_at)
-
-
-def _snapshot_record(row: Any) -> SnapshotRecord:
-    return SnapshotRecord(n_complete=row.n_complete, hypervolume=row.hypervolume,
-                          front_ids=tuple(int(i) for i in row.front), created_at=row.created_at)
-

@@ -1,0 +1,135 @@
+"""Rows to records and back, inside the caller's session: the mapping between the ORM tables
+and the frozen records `Store` hands out, kept apart from the queries and transactions."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, delete, literal, select
+from sqlalchemy.orm import Session
+
+from nas.architecture import Architecture
+from nas.errors import NotFoundError
+from nas.results import LatencyStats, ProfileLatency
+from nas.store.records import (
+    CandidateRecord,
+    SearchRecord,
+    SnapshotRecord,
+    shown_status,
+)
+from nas.store.tables import (
+    Candidate,
+    Latency,
+    Metric,
+    Search,
+    Weights,
+)
+
+if TYPE_CHECKING:
+    pass
+
+_NAMES_SHOWN = 20  # existing search names listed in a NotFoundError
+
+
+
+def search_row(session: Session, name: str) -> Search:
+    row = session.scalar(select(Search).where(Search.name == name))
+    if row is None:
+        names = list(session.scalars(select(Search.name).order_by(Search.created_at)
+                                     .limit(_NAMES_SHOWN + 1)))
+        shown = ", ".join(names[:_NAMES_SHOWN]) + (", ..." if len(names) > _NAMES_SHOWN else "")
+        raise NotFoundError(f"no search named {name!r} (existing: {shown or 'none'})")
+    return row
+
+
+def candidate_row(session: Session, search_id: int, trial_number: int) -> Candidate | None:
+    return session.scalar(select(Candidate).where(Candidate.search_id == search_id,
+                                                  Candidate.trial_number == trial_number))
+
+
+def delete_results(session: Session, candidate_id: int) -> None:
+    for table in (Metric, Latency, Weights):
+        session.execute(delete(table).where(table.candidate_id == candidate_id)
+                        .execution_options(synchronize_session=False))
+
+
+def latency_values(candidate_id: int, arch_hash: str, lat: ProfileLatency,
+                    now: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {"candidate_id": candidate_id, "profile": lat.profile,
+                              "profile_hash": lat.profile_hash, "arch_hash": arch_hash,
+                              "node": lat.node, "measured_at": now}
+    for phase, stats in (("prefill", lat.prefill), ("decode", lat.decode)):
+        values.update({f"{phase}_median_ms": stats.median_ms, f"{phase}_p90_ms": stats.p90_ms,
+                       f"{phase}_cv": stats.cv, f"{phase}_n": stats.n})
+    return values
+
+
+def profile_latency(row: Any) -> ProfileLatency:
+    return ProfileLatency(
+        profile=row.profile, profile_hash=row.profile_hash, node=row.node,
+        prefill=LatencyStats(row.prefill_median_ms, row.prefill_p90_ms, row.prefill_cv, row.prefill_n),
+        decode=LatencyStats(row.decode_median_ms, row.decode_p90_ms, row.decode_cv, row.decode_n))
+
+
+def load_candidates(session: Session, *where: ColumnElement[bool],
+                     with_proxy: bool = True) -> list[CandidateRecord]:
+    """Candidates matching ``where`` with metrics, latencies and weights flags: four queries.
+
+    Core column selects on the session's connection, not ORM entities: 10,000 candidates
+    would otherwise mean 10,000 identity-map entries and change tracking for nothing.
+    """
+    conn = session.connection()
+    rows = conn.execute(
+        select(Candidate.id, Search.name, Candidate.trial_number, Candidate.architecture,
+               Candidate.arch_hash, Candidate.state, Candidate.error, Candidate.attempts,
+               Candidate.timings, Candidate.proxy if with_proxy else literal(None).label("proxy"),
+               Candidate.node, Candidate.started_at, Candidate.finished_at)
+        .join(Search, Search.id == Candidate.search_id).where(*where)
+        .order_by(Candidate.search_id, Candidate.trial_number)).all()
+    if not rows:
+        return []
+    metrics: dict[int, dict[str, float]] = defaultdict(dict)
+    for candidate_id, name, value in conn.execute(
+            select(Metric.candidate_id, Metric.name, Metric.value)
+            .join(Candidate, Candidate.id == Metric.candidate_id).where(*where)):
+        metrics[candidate_id][name] = value
+    latencies: dict[int, list[ProfileLatency]] = defaultdict(list)
+    for lat in conn.execute(
+            select(*Latency.__table__.c).join(Candidate, Candidate.id == Latency.candidate_id)
+            .where(*where).order_by(Latency.candidate_id, Latency.profile)):
+        latencies[lat.candidate_id].append(profile_latency(lat))
+    with_weights = set(conn.scalars(
+        select(Weights.candidate_id).join(Candidate, Candidate.id == Weights.candidate_id)
+        .where(*where)))
+    archs: dict[str, Architecture] = {}  # searches revisit shapes; frozen, so shareable
+    records = []
+    for row in rows:
+        arch = archs.get(row.arch_hash)
+        if arch is None:
+            arch = archs[row.arch_hash] = Architecture.from_dict(row.architecture)
+        records.append(CandidateRecord(
+            id=row.id, search=row.name, trial_number=row.trial_number, architecture=arch,
+            arch_hash=row.arch_hash, state=row.state, error=row.error, attempts=row.attempts,
+            metrics=metrics.get(row.id, {}), latencies=tuple(latencies.get(row.id, ())),
+            proxy=row.proxy or {}, timings=row.timings, node=row.node,
+            started_at=row.started_at, finished_at=row.finished_at,
+            has_weights=row.id in with_weights))
+    return records
+
+
+def search_record(row: Search) -> SearchRecord:
+    return SearchRecord(
+        id=row.id, name=row.name, space=row.space, space_hash=row.space_hash,
+        profiles=tuple(row.profiles), objectives=tuple((m, d) for m, d in row.objectives),
+        constraints=tuple(row.constraints), data=row.data, budget=row.budget, trials=row.trials,
+        status=shown_status(row.status, row.heartbeat_at), study_name=row.study_name,
+        reference_point=None if row.reference_point is None else tuple(row.reference_point),
+        error=row.error, created_at=row.created_at, started_at=row.started_at,
+        finished_at=row.finished_at, updated_at=row.updated_at, heartbeat_at=row.heartbeat_at)
+
+
+def snapshot_record(row: Any) -> SnapshotRecord:
+    return SnapshotRecord(n_complete=row.n_complete, hypervolume=row.hypervolume,
+                          front_ids=tuple(int(i) for i in row.front), created_at=row.created_at)
+
