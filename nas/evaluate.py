@@ -1,5 +1,10 @@
 """Evaluate one candidate: proxy-train, export to ONNX, measure latency per profile.
 
+A search evaluates shape first (`export_shape`: the untrained model's ONNX graphs, which
+`measure_profile` times), because latency depends on shape, not weights; only a candidate
+that meets every constraint needing no training is then trained (`train_and_export` with
+``export=False``). `evaluate` (``nas evaluate``) trains, exports and times in one process.
+
 These are the bodies of the Ray tasks, kept as plain functions of plain values so
 they run the same in a worker on another node, in a test, or in `nas evaluate`.
 Training and timing are separate steps so the driver can run them on different
@@ -26,6 +31,21 @@ from nas.specs import ProxyBudget
 
 if TYPE_CHECKING:
     from nas.data import TokenData
+
+
+@dataclass(frozen=True)
+class ShapeOutput:
+    """The shape step's graphs: the untrained (seeded) model exported and parity-checked."""
+
+    prefill_onnx: bytes | None = None
+    decode_onnx: bytes | None = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds: export
+    node: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
 
 
 @dataclass(frozen=True)
@@ -69,23 +89,51 @@ def describe_exception(err: BaseException) -> str:
     return text
 
 
+def export_shape(arch: Architecture, *, seed: int = 0, threads: int | None = None,
+                 cores: Sequence[int] | None = None) -> ShapeOutput:
+    """The shape step: build ``arch`` untrained (seeded) and export both ONNX graphs,
+    parity-checked, for timing. Never raises; ``cores`` as in `train_and_export`."""
+    from nas.affinity import pinned
+
+    started = time.perf_counter()
+    node = socket.gethostname()
+    try:
+        with pinned(cores):
+            from nas.model import build_model
+            from nas.onnx_export import export_onnx
+            from nas.proxy import cpu_threads, default_threads
+
+            with cpu_threads(threads or default_threads()), \
+                    tempfile.TemporaryDirectory(prefix="nas-onnx-") as tmp:
+                graphs = export_onnx(build_model(arch, seed=seed).eval(), arch, Path(tmp))
+                prefill, decode = graphs.prefill.read_bytes(), graphs.decode.read_bytes()
+        return ShapeOutput(prefill, decode, timings={"export": time.perf_counter() - started}, node=node)
+    except (Exception, MemoryError) as err:  # noqa: BLE001 - a failed candidate must not stop the search
+        return ShapeOutput(timings={"export": time.perf_counter() - started}, node=node,
+                           error=describe_exception(err))
+
+
 def train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, *, seed: int = 0,
                      threads: int | None = None, cores: Sequence[int] | None = None,
-                     progress: Callable[[int, int, float], None] | None = None) -> TrainOutput:
+                     progress: Callable[[int, int, float], None] | None = None,
+                     export: bool = True) -> TrainOutput:
     """Proxy-train ``arch`` and export both ONNX graphs (parity-checked). Never raises.
 
     ``cores``: pin every thread there for this call only. The previous affinity is restored
     on return, so a Ray worker reused for a timing task does not time on training cores.
+    ``export=False``: train only (the search timed the shape step's graphs already).
     """
     from nas.affinity import pinned
 
     with pinned(cores):
-        return _train_and_export(arch, budget, data, seed=seed, threads=threads, progress=progress)
+        return _train_and_export(arch, budget, data, seed=seed, threads=threads, progress=progress,
+                                 export=export)
 
 
 def _train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, *, seed: int,
                       threads: int | None,
-                      progress: Callable[[int, int, float], None] | None) -> TrainOutput:
+                      progress: Callable[[int, int, float], None] | None,
+                      export: bool = True) -> TrainOutput:
     started = time.perf_counter()
     node = socket.gethostname()
     try:
@@ -99,6 +147,9 @@ def _train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, 
             return TrainOutput(proxy, timings={"train": trained_at - started}, node=node,
                                error=f"training diverged: {proxy.reason}" if proxy.reason
                                else "training diverged")
+        if not export:
+            return TrainOutput(proxy=proxy, weights=weights_to_bytes(trained.model),
+                               timings={"train": trained_at - started}, node=node)
         with tempfile.TemporaryDirectory(prefix="nas-onnx-") as tmp:
             graphs = export_onnx(trained.model, arch, Path(tmp))
             prefill, decode = graphs.prefill.read_bytes(), graphs.decode.read_bytes()
@@ -127,9 +178,9 @@ def measure_profile(prefill_onnx: bytes, decode_onnx: bytes, profile: HardwarePr
 
 
 def assemble(arch: Architecture, train: TrainOutput, latencies: Sequence[ProfileLatency],
-             measure_seconds: float = 0.0) -> CandidateResult:
-    """Combine the training and timing outputs into the record the driver stores."""
-    timings = dict(train.timings)
+             measure_seconds: float = 0.0, shape: ShapeOutput | None = None) -> CandidateResult:
+    """Combine the training and timing outputs (and the shape step's) into the stored record."""
+    timings = {**(shape.timings if shape is not None else {}), **train.timings}
     timings["latency"] = measure_seconds
     timings["total"] = sum(timings.values())
     if not train.ok:
@@ -144,6 +195,21 @@ def assemble(arch: Architecture, train: TrainOutput, latencies: Sequence[Profile
     return CandidateResult(arch, "complete", metrics=metrics, proxy=train.proxy,
                            latencies=tuple(latencies), timings=timings, weights=train.weights,
                            node=train.node)
+
+
+def infeasible(arch: Architecture, shape: ShapeOutput | None, latencies: Sequence[ProfileLatency],
+               measure_seconds: float, violations: Sequence[str]) -> CandidateResult:
+    """The record of a candidate whose shape step broke ``violations``: never trained, so it
+    has its static metrics and latencies, no weights, proxy result or training time."""
+    timings = dict(shape.timings) if shape is not None else {}
+    timings["latency"] = measure_seconds
+    timings["total"] = sum(timings.values())
+    metrics = static_metrics(arch)
+    for latency in latencies:
+        metrics.update(latency.metrics())
+    return CandidateResult(arch, "infeasible", metrics=metrics, latencies=tuple(latencies),
+                           error="violates " + "; ".join(violations), timings=timings,
+                           node=shape.node if shape is not None else "")
 
 
 def evaluate(arch: Architecture, budget: ProxyBudget, data: TokenData,

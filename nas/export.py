@@ -67,7 +67,7 @@ ExportProgress = Callable[[str, int, int, str], None]
 
 
 class NotExportableError(ExportError):
-    """The candidate has no model to export (failed, pruned or still running)."""
+    """The candidate has no model to export (failed, pruned, infeasible or still running)."""
 
     def __init__(self, message: str, state: str) -> None:
         super().__init__(message)

@@ -53,12 +53,19 @@ class FrontAnalysis:
         return [o.direction for o in self.objectives]
 
     @property
+    def infeasible(self) -> tuple[CandidateRecord, ...]:
+        """Candidates whose shape step broke a constraint: never trained (no ``val_loss``), so
+        never ranked, but counted among ``candidates``."""
+        return tuple(r for r in self.candidates if r.state == "infeasible")
+
+    @property
     def front_ids(self) -> frozenset[int]:
         return frozenset(r.id for r in self.front)
 
 
 def analyze(search: SearchRecord, records: Sequence[CandidateRecord]) -> FrontAnalysis:
-    """The front of ``search`` among ``records`` (any states; only complete ones are ranked).
+    """The front of ``search`` among ``records`` (any states; only complete ones are ranked:
+    an ``infeasible`` candidate was never trained and is only counted, see `FrontAnalysis.infeasible`).
 
     Feasibility comes from the search's own stored constraints, so a constraint means the
     same here as it did to the driver. A stored constraint this code can no longer read is
@@ -76,7 +83,7 @@ def analyze(search: SearchRecord, records: Sequence[CandidateRecord]) -> FrontAn
                              None, 0.0, search.reference_point, warnings)
     # A trial that drew an architecture already evaluated reuses its result; rank only the
     # first, or the front would list the same model twice.
-    first = np.array(_first_of_each_architecture(complete), dtype=int)
+    first = np.array(first_of_each_architecture(complete), dtype=int)
     summary = pareto.summarize(values[first], objectives, feasible=feasible[first],
                                reference=search.reference_point)
     on_front = np.zeros(len(complete), dtype=bool)
@@ -89,7 +96,7 @@ def analyze(search: SearchRecord, records: Sequence[CandidateRecord]) -> FrontAn
                          tuple(front), knee, summary.hypervolume, summary.reference, warnings)
 
 
-def _first_of_each_architecture(records: Sequence[CandidateRecord]) -> list[int]:
+def first_of_each_architecture(records: Sequence[CandidateRecord]) -> list[int]:
     seen: set[str] = set()
     first = []
     for i, record in enumerate(records):

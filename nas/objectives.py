@@ -31,6 +31,7 @@ DIRECTION_ALIASES: Mapping[str, Direction] = {"min": "min", "minimize": "min",
 LATENCY_RE = re.compile(r"^latency:([^:]+):(decode_ms|prefill_ms)$")
 KNOWN_METRICS: tuple[str, ...] = ("val_loss", *STATIC_METRICS, "latency:<profile>:decode_ms",
                                   "latency:<profile>:prefill_ms")
+TRAINED_METRICS: tuple[str, ...] = ("val_loss",)  # known only once a candidate has trained
 # Any comparison is matched, so that a strict or equality operator gets its own message.
 _CONSTRAINT_RE = re.compile(r"^\s*(\S+?)\s*(<=|>=|<|>|==|=)\s*(\S+)\s*$")
 
@@ -210,6 +211,12 @@ class Constraint:
         """Computable from the shape alone, so checkable before any training."""
         return self.metric in STATIC_METRICS
 
+    @property
+    def needs_training(self) -> bool:
+        """Decided only after training (``val_loss``); every other bound is decided by the
+        shape step (size, memory, latency of the untrained model), before any training."""
+        return self.metric in TRAINED_METRICS
+
     def violation(self, value: float | None) -> float:
         """Optuna's convention: <= 0 is satisfied. Scaled by |bound| (when non-zero) so that
         violations of constraints in different units add up sensibly in the samplers'
@@ -280,9 +287,23 @@ def check_static(constraints: Sequence[Constraint], arch: Architecture) -> list[
             for c in static if c.violation(metrics[c.metric]) > 0]
 
 
+def shape_violations(constraints: Sequence[Constraint], metrics: Mapping[str, float]) -> list[str]:
+    """The constraints that need no training which ``metrics`` (static metrics and measured
+    latencies) break, each with its value, e.g. ``latency:cpu-1t:decode_ms <= 0.05 (measured
+    0.081)``; ``[]`` when none. A constraint whose metric is missing is not known to be broken."""
+    out = []
+    for c in constraints:
+        if c.needs_training or c.metric not in metrics:
+            continue
+        value = float(metrics[c.metric])
+        if c.violation(value) > 0:
+            out.append(f"{c.text} (measured {value:.4g})")
+    return out
+
+
 __all__ = [
     "DIRECTION_ALIASES", "KNOWN_METRICS", "LATENCY_RE", "Constraint", "Direction", "Objective",
     "check_static", "config_error", "constraint_dict", "format_number", "is_feasible",
     "latency_profile", "metric_problem", "objective_values", "parse_constraints",
-    "parse_objectives",
+    "parse_objectives", "shape_violations", "TRAINED_METRICS",
 ]

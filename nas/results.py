@@ -13,7 +13,7 @@ from typing import Any, Literal
 from nas.architecture import Architecture
 
 ProxyStatus = Literal["ok", "diverged", "timeout"]
-CandidateState = Literal["complete", "failed", "pruned"]
+CandidateState = Literal["complete", "failed", "pruned", "infeasible"]
 
 
 @dataclass(frozen=True)

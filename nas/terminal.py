@@ -50,11 +50,12 @@ def table(console: Console, *columns: str, title: str | None = None,
 
 def searches_table(console: Console, searches: list[Any]) -> Table:
     """`nas ls`: one row per `SearchSummary`."""
-    grid = table(console, "name", "status", "done", "failed", "running", "trials", "front",
+    grid = table(console, "name", "status", "done", "failed", "infeasible", "running", "trials", "front",
                  "hypervolume", "created",
-                 right=("done", "failed", "running", "trials", "front", "hypervolume"))
+                 right=("done", "failed", "infeasible", "running", "trials", "front", "hypervolume"))
     for s in searches:
-        grid.add_row(s.name, s.status, str(s.n_complete), str(s.n_failed), str(s.n_running),
+        grid.add_row(s.name, s.status, str(s.n_complete), str(s.n_failed), str(s.n_infeasible),
+                     str(s.n_running),
                      str(s.trials), str(s.front_size),
                      f"{s.hypervolume:.4g}" if s.hypervolume is not None else "-",
                      f"{s.created_at:%Y-%m-%d %H:%M}")
@@ -87,7 +88,8 @@ def front_table(console: Console, analysis: Any) -> Table:
 
 def trials_table(console: Console, analysis: Any) -> Table:
     """`nas show --all`: every trial with where it stands (front, knee, dominated, infeasible)
-    or its state (failed, running, pruned) and error."""
+    or its state (failed, running, pruned, infeasible: never trained, the error says which
+    constraint its shape step broke) and error."""
     objectives = analysis.metrics[:4]
     where = {r.id: i for i, r in enumerate(analysis.complete)}
     grid = table(console, "trial", "state", "architecture", "params", *objectives, "error",
@@ -119,7 +121,9 @@ def empty_front_message(analysis: Any) -> str:
     """Why a front is empty, for stderr (the output stays parseable)."""
     name, n = analysis.search.name, len(analysis.complete)
     if not n:
-        return f"search {name!r} has no Pareto front yet: no trial is complete"
+        infeasible = len(analysis.infeasible)
+        why = (f" ({infeasible} infeasible: broke a constraint before training)" if infeasible else "")
+        return f"search {name!r} has no Pareto front yet: no trial is complete{why}"
     return (f"search {name!r} has no Pareto front: none of its {n} complete trials meets the "
             f"constraints {list(analysis.search.constraints)}")
 
@@ -179,25 +183,29 @@ class LiveProgress:
         self.bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("running {task.fields[running]} · failed {task.fields[failed]} · "
-                       "front {task.fields[front]} · HV {task.fields[hv]}"),
+                       "infeasible {task.fields[infeasible]} · front {task.fields[front]} · "
+                       "HV {task.fields[hv]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
             transient=False)
         self.bar.__enter__()
-        self.task = self.bar.add_task(self.name, total=self.total, running=0, failed=0, front=0, hv="-")
+        self.task = self.bar.add_task(self.name, total=self.total, running=0, failed=0, infeasible=0,
+                                      front=0, hv="-")
         return self._update
 
     def _update(self, p: Any) -> None:
         hv = f"{p.hypervolume:.4g}" if p.hypervolume is not None else "-"
         self.bar.update(self.task, completed=p.done, total=p.total, running=p.running, failed=p.failed,
-                        front=p.front, hv=hv)
+                        infeasible=getattr(p, "infeasible", 0), front=p.front, hv=hv)
 
     def _plain(self, p: Any) -> None:
-        key = (p.done, p.failed)
+        infeasible = getattr(p, "infeasible", 0)
+        key = (p.done, p.failed, infeasible)
         if self._last != key:
             self._last = key
             hv = f"{p.hypervolume:.4g}" if p.hypervolume is not None else "-"
+            never_trained = f"{infeasible} infeasible, " if infeasible else ""
             self.console.print(f"{p.done}/{p.total} done, {p.running} running, {p.failed} failed, "
-                               f"front {p.front}, HV {hv}", highlight=False)
+                               f"{never_trained}front {p.front}, HV {hv}", highlight=False)
 
     def __exit__(self, *exc: Any) -> None:
         if self.enabled:

@@ -38,7 +38,9 @@ PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect"]
 
 
 def assert_optuna_agrees(store: Any, name: str, lost_asks: bool = False) -> None:
-    """Optuna's study holds exactly the store's finished trials, in the same states.
+    """Optuna's study holds exactly the store's finished trials, in the same states (an
+    ``infeasible`` candidate, never trained, is PRUNED; a PRUNED trial the store lacks is a
+    shape-only rejection, which is never stored).
 
     ``lost_asks``: an ask whose reply was lost (a database outage, a driver killed before the
     store write) is asked again, so Optuna may also hold the lost attempt's trial, which must
@@ -49,7 +51,8 @@ def assert_optuna_agrees(store: Any, name: str, lost_asks: bool = False) -> None
     from nas.search import REPEAT_ATTR
 
     study = optuna.load_study(study_name=f"nas:{name}", storage=store.optuna_storage())
-    states = {"complete": optuna.trial.TrialState.COMPLETE, "failed": optuna.trial.TrialState.FAIL}
+    states = {"complete": optuna.trial.TrialState.COMPLETE, "failed": optuna.trial.TrialState.FAIL,
+              "infeasible": optuna.trial.TrialState.PRUNED}
     stored = {c.trial_number: states[c.state] for c in store.candidates(name)}
     # A repeat draw is told its original's result and stored nowhere; one asked while its
     # original was in flight when the driver died is failed by the resume.
@@ -57,8 +60,8 @@ def assert_optuna_agrees(store: Any, name: str, lost_asks: bool = False) -> None
         if REPEAT_ATTR in t.user_attrs:
             assert t.number not in stored, t.number
             assert t.state in (stored.get(t.user_attrs[REPEAT_ATTR]), optuna.trial.TrialState.FAIL), t
-    told = {t.number: t.state for t in study.trials
-            if t.state != optuna.trial.TrialState.PRUNED and REPEAT_ATTR not in t.user_attrs}
+    told = {t.number: t.state for t in study.trials if REPEAT_ATTR not in t.user_attrs
+            and (t.state != optuna.trial.TrialState.PRUNED or t.number in stored)}
     if lost_asks:
         lost = {n: s for n, s in told.items() if n not in stored}
         assert set(lost.values()) <= {optuna.trial.TrialState.FAIL}, lost

@@ -173,8 +173,11 @@ def test_timing_in_a_reused_worker_runs_on_the_timing_cores(one_worker_ray: obje
     tasks = ray_tasks(ray)
     trained = ray.get(tasks.train.remote(arch, budget, data, 0, 1, profile.intra_op_threads))  # type: ignore[attr-defined]
     assert trained.ok, trained.error
+    # The shape step exports the graphs, pinned to the training cores like training itself.
+    shaped = ray.get(tasks.shape.remote(arch, 0, 1, profile.intra_op_threads))  # type: ignore[attr-defined]
+    assert shaped.ok, shaped.error
     spy_pid, trained_here = ray.get(spy_on_timing_pins.remote())  # type: ignore[attr-defined]
-    latency = ray.get(tasks.measure.remote(trained.prefill_onnx, trained.decode_onnx, profile,  # type: ignore[attr-defined]
+    latency = ray.get(tasks.measure.remote(shaped.prefill_onnx, shaped.decode_onnx, profile,  # type: ignore[attr-defined]
                                            profile.intra_op_threads))
     pid, seen, after = ray.get(report.remote())  # type: ignore[attr-defined]
     assert trained_here and pid == spy_pid, "Ray did not reuse the worker; the test would prove nothing"

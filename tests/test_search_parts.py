@@ -14,8 +14,8 @@ import pytest
 from nas.architecture import static_metrics
 from nas.hardware import load_profiles
 from nas.search import SearchDriver, SearchRequest
-from nas.search.driver import InFlight
 from nas.search.executor import RayExecutor
+from nas.search.inflight import InFlight
 from nas.search.study import REPEAT_ATTR, Finished, SearchStudy
 from nas.space import load_space
 from nas.store import Store

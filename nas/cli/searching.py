@@ -92,7 +92,8 @@ def search(
         outcome = SearchDriver(request, store, on_progress=on_progress).run()
     _print_front(store, request.name)
     common.console.print(f"\nsearch {escape(outcome.name)} {outcome.status} in {outcome.seconds:.0f}s: "
-                  f"{outcome.n_complete} complete, {outcome.n_failed} failed, front of "
+                  f"{outcome.n_complete} complete, {outcome.n_failed} failed"
+                  f"{f', {outcome.n_infeasible} infeasible' if outcome.n_infeasible else ''}, front of "
                   f"{len(outcome.front)}.", highlight=False)
     if outcome.status == "stopped":
         common.console.print(f"Resume with: [bold]{escape(_resume_command(space, outcome.name, db))}[/]",
@@ -109,14 +110,15 @@ def search(
 def _resume_line(store: Any, request: Any) -> str | None:
     """What a run of an existing search will do, said before it starts (None for a new one).
 
-    Done counts distinct architectures that are complete or failed, as the driver counts its
-    budget (`SearchRequest.effective_trials`). A stored search of another space is left to the
-    driver, which refuses it with the reason.
+    Done counts distinct architectures that are complete, failed or infeasible, as the driver
+    counts its budget (`SearchRequest.effective_trials`). A stored search of another space is
+    left to the driver, which refuses it with the reason.
     """
     existing = store.find_search(request.name)
     if existing is None or existing.space_hash != request.space.hash:
         return None
-    done = len({c.arch_hash for c in store.candidates(request.name, states=["complete", "failed"],
+    done = len({c.arch_hash for c in store.candidates(request.name,
+                                                      states=["complete", "failed", "infeasible"],
                                                       with_proxy=False)})
     budget = request.effective_trials
     if done >= budget:

@@ -5,9 +5,14 @@ The driver owns the study (`nas.search.study`) and the database; Ray tasks
 of writes makes crashes harmless:
 
 1. ``study.ask()`` then ``store.start_candidate`` (state ``running``) before submitting;
-2. the finished result is written in ONE store transaction, *then* told to Optuna.
+2. the shape step: the untrained model's ONNX graphs are timed on every profile not already in
+   the latency cache (latency depends on shape, not weights). A candidate that breaks a
+   constraint needing no training is written ``infeasible`` with its reason and never trained;
+   a feasible one has its latencies written (`Store.record_shape`) and then trains;
+3. the finished result is written in ONE store transaction, *then* told to Optuna.
 
-On resume, a ``running`` candidate is re-run under the same trial number, an Optuna trial
+On resume, a ``running`` candidate is re-run under the same trial number from its shape step
+(its latencies come from the cache, so nothing is timed twice), an Optuna trial
 that never reached the store is failed, and a stored result that Optuna never heard of is
 told again. Nothing finished is trained twice. Every input is checked (data, name reuse, Ray
 address, resources no node offers, GPUs) before the search is written, so a refused start
@@ -23,15 +28,17 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from nas.architecture import Architecture, static_metrics
 from nas.errors import ConfigError, SearchError
-from nas.results import CandidateResult, ProfileLatency
+from nas.fronts import first_of_each_architecture
+from nas.results import CandidateResult
 from nas.search.executor import RayExecutor, ray_error
+from nas.search.heartbeat import heartbeat
+from nas.search.inflight import InFlight
 from nas.search.request import Progress, SearchOutcome, SearchRequest
 from nas.search.study import Finished, SearchStudy, study_name
 
@@ -52,26 +59,6 @@ MAX_STATIC_REJECTIONS = 500
 # otherwise ask forever without adding a distinct architecture.
 REPEATS_BEFORE_RANDOM = 20
 STOP_POLL_S = 1.0  # how often the store is asked whether `nas serve` requested a stop
-
-
-@dataclass
-class InFlight:
-    """One trial between submission and its single store write."""
-
-    number: int
-    arch: Architecture
-    trial: Trial | None = None  # the live trial asked by this run; None: re-run after a crash
-    train_ref: Any = None
-    train: TrainOutput | None = None  # once it arrived
-    measure_refs: dict[Any, str] = field(default_factory=dict)  # ref -> profile name
-    latencies: dict[str, ProfileLatency] = field(default_factory=dict)
-    measure_started: float = 0.0
-    followers: list[Trial] = field(default_factory=list)  # repeat draws of it, told when it ends
-
-    @property
-    def pending(self) -> list[Any]:
-        """The Ray refs still awaited: training until it arrived, then each profile's timing."""
-        return ([self.train_ref] if self.train is None else []) + list(self.measure_refs)
 
 
 class SearchDriver:
@@ -95,6 +82,7 @@ class SearchDriver:
         self._repeats_in_a_row = 0
         self._rejections_in_a_row = 0
         self._last_stop_poll = 0.0
+        self._data_ref: Any = None  # the prepared tokens in Ray's object store
 
     @property
     def study(self) -> SearchStudy:
@@ -134,10 +122,10 @@ class SearchDriver:
         """Ask, train, time and record until the budget is spent or a stop arrives; the status."""
         self._refresh_front()  # a resumed search's front, and its reference point once known
         self.study.repair(self._stored())
-        data_ref = self.executor.put(data)
-        self._rerun_interrupted(data_ref)
+        self._data_ref = self.executor.put(data)
+        self._rerun_interrupted()
         while not self.stop_event.is_set():
-            self._fill(data_ref)
+            self._fill()
             if not self.inflight:
                 # An ask retried over a database outage can leave the first attempt's trial
                 # RUNNING in Optuna with nothing stored; fail it now rather than at a resume.
@@ -150,9 +138,9 @@ class SearchDriver:
 
     def _outcome(self, status: str, started: float) -> SearchOutcome:
         front = self._refresh_front(with_proxy=True).front
-        return SearchOutcome(self.name, status, self.progress.done - self.progress.failed,
-                             self.progress.failed, list(front), self.progress.hypervolume,
-                             time.monotonic() - started)
+        p = self.progress
+        return SearchOutcome(self.name, status, p.done - p.failed - p.infeasible, p.failed, list(front),
+                             p.hypervolume, time.monotonic() - started, n_infeasible=p.infeasible)
 
     # ----- before anything is written ------------------------------------------------------
     def _check_inputs(self) -> SearchRecord | None:
@@ -213,7 +201,8 @@ class SearchDriver:
             budget=space.budget.to_dict(), trials=req.effective_trials, study_name=study_name(req.name))
 
     def _load_finished(self) -> None:
-        records = self.store.candidates(self.name, states=["complete", "failed"], with_proxy=False)
+        records = self.store.candidates(self.name, states=["complete", "failed", "infeasible"],
+                                        with_proxy=False)
         for record in sorted(records, key=lambda r: r.trial_number):
             # setdefault: the first result of an architecture stands (a repeat an older version stored)
             self.finished.setdefault(record.arch_hash, Finished(record.trial_number, record.state,
@@ -257,7 +246,7 @@ class SearchDriver:
 
     def _cancel_inflight(self) -> None:
         self.executor.cancel(ref for entry in self.inflight.values()
-                             for ref in (entry.train_ref, *entry.measure_refs))
+                             for ref in (entry.shape_ref, entry.train_ref, *entry.measure_refs))
 
     def _mark_failed(self, err: BaseException) -> None:
         """Record why the search stopped; the database may be what failed, so never mask ``err``."""
@@ -278,12 +267,13 @@ class SearchDriver:
         """Hold new training while a local exclusive timing task waits for the node to go idle."""
         return self.executor.timing_holds_training and any(f.measure_refs for f in self.inflight.values())
 
-    def _fill(self, data_ref: Any) -> None:
+    def _fill(self) -> None:
         """Ask and submit while budget, training slots and the timing policy allow."""
+        self._start_training()
         while (not self.stop_event.is_set() and self._budget_left() > 0
                and self._training_in_flight() < self.executor.max_in_flight()
                and not self._timing_waits()):
-            if self._ask_and_submit(data_ref):
+            if self._ask_and_submit():
                 self._rejections_in_a_row = 0
                 continue
             self._rejections_in_a_row += 1
@@ -293,7 +283,7 @@ class SearchDriver:
                     f"constraints {list(self.space.constraint_texts())}; relax them or "
                     "narrow the space")
 
-    def _ask_and_submit(self, data_ref: Any) -> bool:
+    def _ask_and_submit(self) -> bool:
         """Ask Optuna for one candidate; False when it broke a shape-only constraint."""
         trial, arch = self.study.ask()
         if self.space.check_static(arch):
@@ -304,7 +294,7 @@ class SearchDriver:
             return True
         self._repeats_in_a_row = 0
         self.store.start_candidate(self.name, trial.number, arch)
-        self._submit(trial.number, arch, trial, data_ref)
+        self._submit(trial.number, arch, trial)
         return True
 
     def _repeat(self, trial: Trial, arch: Architecture) -> None:
@@ -324,17 +314,35 @@ class SearchDriver:
             self.study.enqueue_unseen(self.finished.keys() | self.by_hash.keys(),
                                       self.request.distinct_architectures)
 
-    def _rerun_interrupted(self, data_ref: Any) -> None:
-        """Trials a crash left running are trained again under the same number."""
+    def _rerun_interrupted(self) -> None:
+        """Trials a crash left running are re-run from their shape step under the same number."""
         for number in self.store.running_trials(self.name):
             record = self.store.candidate_by_trial(self.name, number)
             self.store.start_candidate(self.name, number, record.architecture)  # counts the attempt
-            self._submit(number, record.architecture, None, data_ref)
+            self._submit(number, record.architecture, None)
 
-    def _submit(self, number: int, arch: Architecture, trial: Trial | None, data_ref: Any) -> None:
-        entry = InFlight(number, arch, trial, train_ref=self.executor.submit_train(arch, data_ref))
+    def _submit(self, number: int, arch: Architecture, trial: Trial | None) -> None:
+        """Start the shape step: profiles in the latency cache are reused, the others timed."""
+        entry = InFlight(number, arch, trial)
         self.inflight[number] = entry
         self.by_hash[arch.hash] = entry
+        for profile in self.request.profiles:
+            # Latency depends on shape, not weights: a shape timed before (in any search) is reused.
+            cached = self.store.cached_latency(arch.hash, profile.hash)
+            if cached is not None:
+                entry.latencies[profile.name] = dataclasses.replace(cached, profile=profile.name)
+        if len(entry.latencies) < len(self.request.profiles):
+            entry.shape_ref = self.executor.submit_shape(arch)
+        else:
+            self._on_latencies(entry)
+
+    def _start_training(self) -> None:
+        """Train the feasible candidates whose shape step is done, unless timing holds training."""
+        if self._timing_waits():
+            return
+        for entry in self.inflight.values():
+            if entry.ready_to_train and entry.train_ref is None:
+                entry.train_ref = self.executor.submit_train(entry.arch, self._data_ref)
 
     # ----- collecting results ----------------------------------------------------------------
     def _collect(self) -> None:
@@ -344,10 +352,59 @@ class SearchDriver:
             entry = next((e for e in self.inflight.values() if ref in e.pending), None)
             if entry is None:  # its trial already failed on another ref
                 continue
-            if entry.train is None:
-                self._on_trained(entry)
-            else:
+            if entry.shaping:
+                self._on_shaped(entry)
+            elif entry.measure_refs:
                 self._on_measured(entry, ref)
+            else:
+                self._on_trained(entry)
+
+    def _on_shaped(self, entry: InFlight) -> None:
+        try:
+            entry.shape = self.executor.get(entry.shape_ref)
+        except Exception as err:  # noqa: BLE001 - worker killed more often than max_retries
+            self._fail(entry, f"shape step worker failed after {self.request.max_retries} "
+                              f"retries: {ray_error(err)}")
+            return
+        if not entry.shape.ok:
+            self._fail(entry, entry.shape.error)
+            return
+        entry.measure_started = time.perf_counter()
+        for profile in self.request.profiles:
+            if profile.name not in entry.latencies:
+                entry.measure_refs[self.executor.submit_measure(profile, entry.shape)] = profile.name
+        self._on_latencies(entry)
+
+    def _on_measured(self, entry: InFlight, ref: Any) -> None:
+        profile = entry.measure_refs.pop(ref)
+        try:
+            entry.latencies[profile] = self.executor.get(ref)
+        except Exception as err:  # noqa: BLE001 - worker died or measurement failed
+            self._fail(entry, f"latency on profile {profile!r} failed: {ray_error(err)}")
+            return
+        self._on_latencies(entry)
+
+    def _on_latencies(self, entry: InFlight) -> None:
+        """Once every profile is timed, decide every constraint that needs no training: a
+        violator is stored infeasible and never trained; a feasible candidate trains next."""
+        if entry.measure_refs:
+            return
+        from nas.evaluate import infeasible
+
+        if entry.measure_started:
+            entry.measure_seconds = time.perf_counter() - entry.measure_started
+        latencies = [entry.latencies[p.name] for p in self.request.profiles]
+        metrics = static_metrics(entry.arch)
+        for latency in latencies:
+            metrics.update(latency.metrics())
+        violations = self.space.shape_violations(metrics)
+        if violations:
+            self._finish(entry, infeasible(entry.arch, entry.shape, latencies, entry.measure_seconds,
+                                           violations))
+            return
+        self.store.record_shape(self.name, entry.number, latencies)  # a crash now retimes nothing
+        entry.ready_to_train = True
+        self._start_training()
 
     def _on_trained(self, entry: InFlight) -> None:
         try:
@@ -359,32 +416,14 @@ class SearchDriver:
         if not entry.train.ok:
             self._fail(entry, entry.train.error, trained=entry.train)
             return
-        entry.measure_started = time.perf_counter()
-        for profile in self.request.profiles:
-            # Latency depends on shape, not weights: a shape timed before (in any search) is reused.
-            cached = self.store.cached_latency(entry.arch.hash, profile.hash)
-            if cached is not None:
-                entry.latencies[profile.name] = dataclasses.replace(cached, profile=profile.name)
-            else:
-                entry.measure_refs[self.executor.submit_measure(profile, entry.train)] = profile.name
-        if not entry.measure_refs:
-            self._complete(entry)
-
-    def _on_measured(self, entry: InFlight, ref: Any) -> None:
-        profile = entry.measure_refs.pop(ref)
-        try:
-            entry.latencies[profile] = self.executor.get(ref)
-        except Exception as err:  # noqa: BLE001 - worker died or measurement failed
-            self._fail(entry, f"latency on profile {profile!r} failed: {ray_error(err)}")
-            return
-        if not entry.measure_refs:
-            self._complete(entry)
+        self._complete(entry)
 
     def _complete(self, entry: InFlight) -> None:
         from nas.evaluate import assemble
 
+        assert entry.train is not None
         latencies = [entry.latencies[p.name] for p in self.request.profiles]
-        result = assemble(entry.arch, entry.train, latencies, time.perf_counter() - entry.measure_started)
+        result = assemble(entry.arch, entry.train, latencies, entry.measure_seconds, shape=entry.shape)
         missing = [m for m in self.space.objective_names() if not _finite(result.metrics.get(m))]
         if missing:
             self._fail(entry, f"objective(s) {missing} missing or not finite", trained=entry.train)
@@ -392,11 +431,15 @@ class SearchDriver:
         self._finish(entry, result)
 
     def _fail(self, entry: InFlight, error: str, trained: TrainOutput | None = None) -> None:
+        timings = dict(entry.shape.timings) if entry.shape is not None else {}
+        if trained is not None:
+            timings.update(trained.timings)
+        node = trained.node if trained is not None else entry.shape.node if entry.shape is not None else ""
         result = CandidateResult(
             entry.arch, "failed", metrics=static_metrics(entry.arch),
-            proxy=trained.proxy if trained is not None else None, error=error,
-            timings=dict(trained.timings) if trained is not None else {},
-            node=trained.node if trained is not None else "")
+            proxy=trained.proxy if trained is not None else None, error=error, timings=timings,
+            # the shape's latencies stay in the cache: a failed training does not change them
+            latencies=tuple(entry.latencies.values()) if not entry.measure_refs else (), node=node)
         self._finish(entry, result)
 
     def _finish(self, entry: InFlight, result: CandidateResult) -> None:
@@ -409,6 +452,8 @@ class SearchDriver:
         if result.state == "complete":
             self.study.tell_complete(told, result.metrics)
             self._refresh_front(snapshot=True)
+        elif result.state == "infeasible":
+            self.study.tell_infeasible(told, result.metrics)
         else:
             self.study.tell_failed(told)
         for follower in entry.followers:
@@ -432,7 +477,7 @@ class SearchDriver:
         self.progress.hypervolume = analysis.hypervolume if search.reference_point is not None else None
         if snapshot:
             self.store.add_pareto_snapshot(
-                self.name, n_complete=len(_first_of_each(analysis.complete)),
+                self.name, n_complete=len(first_of_each_architecture(analysis.complete)),
                 hypervolume=self.progress.hypervolume,
                 front_ids=[r.id for r, on in zip(analysis.complete, analysis.on_front) if on])
         return analysis
@@ -442,7 +487,7 @@ class SearchDriver:
         whole budget if smaller), so hypervolumes over time compare; True when written."""
         from nas import pareto
 
-        feasible = [i for i in _first_of_each(analysis.complete) if analysis.feasible[i]]
+        feasible = [i for i in first_of_each_architecture(analysis.complete) if analysis.feasible[i]]
         if not feasible or len(feasible) < min(3, self.request.effective_trials):
             return False
         reference = pareto.reference_point(analysis.values[feasible], analysis.directions)
@@ -452,45 +497,11 @@ class SearchDriver:
     def _count_progress(self) -> None:
         self.progress.done = len(self.finished)
         self.progress.failed = sum(1 for f in self.finished.values() if f.state == "failed")
+        self.progress.infeasible = sum(1 for f in self.finished.values() if f.state == "infeasible")
 
     def _report(self) -> None:
         self.progress.running = len(self.inflight)
         self.on_progress(self.progress)
-
-
-@contextlib.contextmanager
-def heartbeat(store: Store, name: str) -> Iterator[None]:
-    """Beat every few seconds from a thread of its own while the driver runs, so that a
-    long synchronous step never reads as a lost driver, and a killed one soon does."""
-    from nas.store.records import HEARTBEAT_SECONDS
-
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_SECONDS):
-            try:
-                store.heartbeat(name)
-            except Exception as err:  # noqa: BLE001 - an outage the store's retries gave up on
-                log.warning("heartbeat of search %r not written: %s", name, err)
-
-    thread = threading.Thread(target=beat, name=f"nas-heartbeat-{name}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=1.0)
-
-
-def _first_of_each(records: Sequence[CandidateRecord]) -> list[int]:
-    """Positions of each architecture's first record: a repeat is one point, as `nas.fronts` ranks."""
-    seen: set[str] = set()
-    first = []
-    for i, record in enumerate(records):
-        if record.arch_hash not in seen:
-            seen.add(record.arch_hash)
-            first.append(i)
-    return first
 
 
 def _finite(value: Any) -> bool:

@@ -40,7 +40,7 @@ from nas.hardware import HardwareProfile
 if TYPE_CHECKING:
     from nas.affinity import CorePlan
     from nas.architecture import Architecture
-    from nas.evaluate import TrainOutput
+    from nas.evaluate import ShapeOutput, TrainOutput
     from nas.search.request import SearchRequest
 
 RAY_CONNECT_TIMEOUT_S = 5.0  # an unreachable --ray-address fails in seconds, not after Ray's retries
@@ -49,10 +49,11 @@ _NOT_RESOURCES = ("memory", "object_store_memory")  # what every node has; not w
 
 @dataclasses.dataclass(frozen=True)
 class RayTasks:
-    """The two Ray remote functions; `ray_tasks` defines them once per process."""
+    """The Ray remote functions; `ray_tasks` defines them once per process."""
 
     train: Any
     measure: Any
+    shape: Any
 
 
 class RayExecutor:
@@ -236,14 +237,20 @@ class RayExecutor:
         """One copy in Ray's object store, shared by every task (the prepared token data)."""
         return self.ray.put(value)
 
+    def submit_shape(self, arch: Architecture) -> Any:
+        """The shape step (untrained export): on the training side of the core plan."""
+        req = self.request
+        return self._tasks.shape.options(**self.train_options()).remote(
+            arch, req.space.seed, req.train_threads, req.measure_threads)
+
     def submit_train(self, arch: Architecture, data_ref: Any) -> Any:
         req = self.request
         return self._tasks.train.options(**self.train_options()).remote(
             arch, req.space.budget, data_ref, req.space.seed, req.train_threads, req.measure_threads)
 
-    def submit_measure(self, profile: HardwareProfile, trained: TrainOutput) -> Any:
+    def submit_measure(self, profile: HardwareProfile, graphs: ShapeOutput | TrainOutput) -> Any:
         return self._tasks.measure.options(**self.measure_options(profile)).remote(
-            trained.prefill_onnx, trained.decode_onnx, profile, self.request.measure_threads)
+            graphs.prefill_onnx, graphs.decode_onnx, profile, self.request.measure_threads)
 
     def wait(self, refs: Sequence[Any], timeout: float = 0.25) -> list[Any]:
         """The refs that are ready within ``timeout`` seconds (the driver's poll interval)."""
@@ -324,7 +331,18 @@ def ray_tasks(ray: Any) -> RayTasks:
         from nas.evaluate import train_and_export
 
         plan = plan_cores(measure_threads)
-        output = train_and_export(arch, budget, data, seed=seed, threads=threads, cores=plan.train_cores)
+        # Training only: the shape step's graphs were timed (latency depends on shape, not weights).
+        output = train_and_export(arch, budget, data, seed=seed, threads=threads, cores=plan.train_cores,
+                                  export=False)
+        return dataclasses.replace(output, node=ray.get_runtime_context().get_node_id())
+
+    @ray.remote
+    def shape(arch: Architecture, seed: int, threads: int, measure_threads: int) -> ShapeOutput:
+        from nas.affinity import plan_cores
+        from nas.evaluate import export_shape
+
+        plan = plan_cores(measure_threads)
+        output = export_shape(arch, seed=seed, threads=threads, cores=plan.train_cores)
         return dataclasses.replace(output, node=ray.get_runtime_context().get_node_id())
 
     @ray.remote
@@ -337,4 +355,4 @@ def ray_tasks(ray: Any) -> RayTasks:
         return measure_profile(prefill_onnx, decode_onnx, profile, cores=plan.measure_cores,
                                node=ray.get_runtime_context().get_node_id())
 
-    return RayTasks(train, measure)
+    return RayTasks(train, measure, shape)

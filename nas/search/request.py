@@ -118,6 +118,7 @@ class SearchOutcome:
     front: list[CandidateRecord]
     hypervolume: float | None  # None until the search's reference point is fixed
     seconds: float
+    n_infeasible: int = 0  # broke a constraint in the shape step: never trained
 
 
 @dataclass
@@ -127,6 +128,7 @@ class Progress:
     total: int
     done: int = 0
     failed: int = 0
+    infeasible: int = 0  # of done: broke a constraint in the shape step, never trained
     running: int = 0
     front: int = 0
     hypervolume: float | None = None

@@ -48,7 +48,7 @@ class Finished:
     """A distinct architecture's first finished result: what a repeat draw is told."""
 
     trial: int
-    state: str  # complete | failed
+    state: str  # complete | failed | infeasible
     metrics: dict[str, float]
 
 
@@ -140,6 +140,12 @@ class SearchStudy:
         self._retry(self._tell, trial, None,
                     self.space.constraint_dict(static_metrics(arch), partial=True), TrialState.PRUNED)
 
+    def tell_infeasible(self, trial: TrialRef, metrics: Mapping[str, float]) -> None:
+        """PRUNED, with the constraint values its shape step measured (latency, size): the
+        sampler learns the feasible region; it was never trained (no objective values)."""
+        self._retry(self._tell, trial, None, self.space.constraint_dict(metrics, partial=True),
+                    TrialState.PRUNED)
+
     def mark_repeat(self, trial: Trial, original: int) -> None:
         """Mark a draw of trial ``original``'s architecture, so readers can tell it apart."""
         self._retry(trial.set_user_attr, REPEAT_ATTR, original)
@@ -148,6 +154,8 @@ class SearchStudy:
         """Tell a repeat draw its original's result, so the sampler still learns from it."""
         if original.state == "complete":
             self.tell_complete(trial, original.metrics)
+        elif original.state == "infeasible":
+            self.tell_infeasible(trial, original.metrics)
         else:
             self.tell_failed(trial)
 
@@ -205,6 +213,8 @@ class SearchStudy:
                 self.tell_failed(trial.number)
             elif record.state == "complete":
                 self.tell_complete(trial.number, record.metrics)
+            elif record.state == "infeasible":
+                self.tell_infeasible(trial.number, record.metrics)
             elif record.state == "failed":
                 self.tell_failed(trial.number)
             # running: re-run by this driver under the same number, told when it finishes

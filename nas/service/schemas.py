@@ -36,6 +36,8 @@ class SearchSummaryOut(BaseModel):
     n_running: int = Field(description="in flight under a live driver")
     n_interrupted: int = Field(0, description="left running by a driver that stopped or died; "
                                "re-run when the search is resumed")
+    n_infeasible: int = Field(0, description="broke a constraint in the shape step (latency, size): "
+                              "stored with its reason, never trained")
     front_size: int
     hypervolume: float | None
     created_at: datetime

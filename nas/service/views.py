@@ -112,7 +112,7 @@ class SearchView:
         front, knee = a.front_ids, a.knee_id
         feasible = {r.id: bool(f) for r, f in zip(a.complete, a.feasible.tolist())}
         return [candidate_brief(r, on_front=r.id in front, knee=r.id == knee,
-                                feasible=feasible.get(r.id)) for r in a.candidates]
+                                feasible=feasible.get(r.id, _never_feasible(r))) for r in a.candidates]
 
 
 def knee_trial(analysis: FrontAnalysis) -> int | None:
@@ -133,6 +133,11 @@ def candidate_brief(record: CandidateRecord, *, on_front: bool, knee: bool,
     }
 
 
+def _never_feasible(record) -> bool | None:
+    """False for a candidate its shape step found infeasible; None (not ranked) otherwise."""
+    return False if record.state == "infeasible" else None
+
+
 # ----- JSON-ready dicts (the API's schemas, also embedded in pages and reports) -------------
 def summary_out(s) -> dict[str, Any]:
     return {
@@ -144,6 +149,7 @@ def summary_out(s) -> dict[str, Any]:
         "n_pruned": s.n_pruned,
         "n_running": s.n_running,
         "n_interrupted": s.n_interrupted,
+        "n_infeasible": s.n_infeasible,
         "front_size": s.front_size,
         "hypervolume": s.hypervolume,
         "created_at": s.created_at,
@@ -183,7 +189,8 @@ def _stats(s) -> dict[str, Any]:
 
 def candidate_out(record, view: SearchView) -> dict[str, Any]:
     a = view.analysis
-    feasible = next((bool(f) for r, f in zip(a.complete, a.feasible) if r.id == record.id), None)
+    feasible = next((bool(f) for r, f in zip(a.complete, a.feasible) if r.id == record.id),
+                    _never_feasible(record))
     brief = candidate_brief(
         record, on_front=record.id in a.front_ids, knee=record.id == a.knee_id, feasible=feasible
     )
@@ -315,6 +322,7 @@ def version(s: SearchSummary) -> str:
         s.n_pruned,
         s.n_running,
         s.n_interrupted,
+        s.n_infeasible,
         s.front_size,
         s.hypervolume,
     )

@@ -195,6 +195,10 @@ class SearchSpace:
         """``{constraint text: value}``, Optuna's convention (see `nas.objectives`)."""
         return objectives.constraint_dict(self.constraints, metrics, partial)
 
+    def shape_violations(self, metrics: Mapping[str, float]) -> list[str]:
+        """Constraints needing no training that the shape step's metrics break (see `nas.objectives`)."""
+        return objectives.shape_violations(self.constraints, metrics)
+
     def is_feasible(self, metrics: Mapping[str, float]) -> bool:
         return objectives.is_feasible(self.constraints, metrics)
 

@@ -78,6 +78,7 @@ class SearchSummary:
     # Left running by a driver that stopped or died: re-run under the same trial number when
     # the search is resumed, never counted as running.
     n_interrupted: int = 0
+    n_infeasible: int = 0  # broke a constraint in the shape step: stored, never trained
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class CandidateRecord:
     trial_number: int
     architecture: Architecture
     arch_hash: str
-    state: str  # running | complete | failed | pruned
+    state: str  # running | complete | failed | pruned | infeasible
     error: str
     attempts: int  # > 1 when the trial was re-run after a crash
     metrics: dict[str, float]

@@ -55,7 +55,7 @@ from nas.store.tables import (
 if TYPE_CHECKING:
     import optuna
 
-FINISHED_STATES = ("complete", "failed", "pruned")
+FINISHED_STATES = ("complete", "failed", "pruned", "infeasible")
 
 
 class Store:
@@ -207,7 +207,7 @@ class Store:
                 n_pruned=by_state.get("pruned", 0), n_running=in_flight if live else 0,
                 front_size=len(front), hypervolume=hypervolume, created_at=row.created_at,
                 updated_at=row.updated_at, finished_at=row.finished_at,
-                n_interrupted=0 if live else in_flight))
+                n_interrupted=0 if live else in_flight, n_infeasible=by_state.get("infeasible", 0)))
         return summaries
 
     @retrying
@@ -299,9 +299,10 @@ class Store:
         """Record a trial as running and return the candidate id.
 
         A trial that re-runs after a crash keeps its row (and id): it is reset to running,
-        anything partial is removed and ``attempts`` goes up. A complete trial is never
-        reset (StoreError): its result is reused, not recomputed. A retry of this call
-        after a lost commit acknowledgement counts one attempt too many; nothing else.
+        anything partial is removed and ``attempts`` goes up; a running trial's shape-step
+        latencies (`record_shape`) are kept when the architecture is the same.
+        A complete trial is never reset (StoreError): its result is reused, not recomputed. A
+        retry of this call after a lost commit acknowledgement counts one attempt too many.
         """
         now = utcnow()
         with self._write() as session:
@@ -315,7 +316,9 @@ class Store:
                                  f"(candidate {row.id}); refusing to run it again")
             else:
                 row.attempts += 1
-                delete_results(session, row.id)
+                # A crash re-run keeps its shape step's latencies (they depend on shape only).
+                keep = row.state == "running" and row.arch_hash == architecture.hash
+                delete_results(session, row.id, keep_latencies=keep)
             row.architecture, row.arch_hash = architecture.to_dict(), architecture.hash
             row.state, row.error, row.timings, row.proxy, row.node = "running", "", {}, None, ""
             row.started_at, row.finished_at = now, None
@@ -362,6 +365,26 @@ class Store:
                     "candidate_id": row.id, "format": "safetensors", "size": len(result.weights),
                     "data": result.weights, "created_at": now}])
             return load_candidates(session, Candidate.id == row.id)[0]
+
+    @retrying
+    def record_shape(self, search: str, trial_number: int,
+                     latencies: Sequence[ProfileLatency]) -> None:
+        """Store the latencies of a running trial's shape step, before it trains: a crash
+        during training then finds them in the latency cache. Repeating it changes nothing."""
+        now = utcnow()
+        with self._write() as session:
+            owner = search_row(session, search)
+            row = candidate_row(session, owner.id, trial_number)
+            if row is None:
+                raise NotFoundError(f"search {search!r} has no trial {trial_number}")
+            if row.state != "running":
+                raise StoreError(f"search {search!r} trial {trial_number} is {row.state}, not running")
+            session.execute(delete(Latency).where(Latency.candidate_id == row.id)
+                            .execution_options(synchronize_session=False))
+            if latencies:
+                session.execute(insert(Latency), [
+                    latency_values(row.id, row.arch_hash, lat, now) for lat in latencies])
+            owner.updated_at = now
 
     @retrying
     def fail_candidate(self, search: str, trial_number: int, error: str,

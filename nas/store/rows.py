@@ -48,8 +48,8 @@ def candidate_row(session: Session, search_id: int, trial_number: int) -> Candid
                                                   Candidate.trial_number == trial_number))
 
 
-def delete_results(session: Session, candidate_id: int) -> None:
-    for table in (Metric, Latency, Weights):
+def delete_results(session: Session, candidate_id: int, *, keep_latencies: bool = False) -> None:
+    for table in (Metric, Weights) if keep_latencies else (Metric, Latency, Weights):
         session.execute(delete(table).where(table.candidate_id == candidate_id)
                         .execution_options(synchronize_session=False))
 

@@ -281,3 +281,34 @@ def test_a_search_whose_driver_was_lost_says_so(client, monkeypatch):
     listed = {s["name"]: s for s in client.get("/api/searches").json()}
     assert listed["live"]["status"] == "driver lost"
     assert (listed["live"]["n_running"], listed["live"]["n_interrupted"]) == (0, 1)
+
+
+def test_an_infeasible_candidate_is_shown_with_its_state_and_counted(store, writer):
+    """Broken in the shape step, never trained: counted in lists, badged on its page, listed by
+    the API's state filter, and shown by `nas show --all`, yet never on the front."""
+    from nas.fronts import load_front
+    from nas.results import CandidateResult
+    from nas.terminal import make_console, trials_table
+
+    from .factories import arch, make_search
+
+    make_search(store, "inf", failed=0)
+    n = len(store.candidates("inf"))
+    reason = "violates latency:cpu-1t:decode_ms <= 0.05 (measured 0.081)"
+    store.start_candidate("inf", n, arch(n))
+    cid = store.finish_candidate("inf", n, CandidateResult(
+        arch(n), "infeasible", metrics={"params": 1e5, "latency:cpu-1t:decode_ms": 0.081},
+        error=reason, timings={"export": 0.1, "latency": 0.2, "total": 0.3})).id
+    listed = {s["name"]: s for s in writer.get("/api/searches").json()}
+    assert listed["inf"]["n_infeasible"] == 1
+    assert "1 infeasible" in writer.get("/", headers=HTML).text
+    page = writer.get(f"/candidates/{cid}", headers=HTML).text
+    assert 'class="badge state-infeasible">infeasible<' in page and "measured 0.081" in page
+    rows = writer.get("/api/searches/inf/candidates", params={"state": "infeasible"}).json()
+    assert [r["id"] for r in rows] == [cid] and rows[0]["feasible"] is False
+    analysis = load_front(store, "inf")
+    assert cid not in analysis.front_ids and [r.id for r in analysis.infeasible] == [cid]
+    console = make_console()
+    with console.capture() as captured:
+        console.print(trials_table(console, analysis))
+    assert "infeasible" in captured.get() and reason in captured.get()

@@ -108,6 +108,37 @@ class TestStore:
         assert (s2.name, s2.n_complete, s2.front_size, s2.hypervolume) == ("s2", 0, 0, None)
         assert s1.updated_at >= s1.created_at
 
+    def test_list_searches_counts_infeasible(self, store, new_search):
+        new_search("s1", trials=3)
+        store.start_candidate("s1", 0, ARCH)
+        store.finish_candidate("s1", 0, result(ARCH))
+        store.start_candidate("s1", 1, OTHER)
+        never_trained = CandidateResult(
+            OTHER, "infeasible", metrics={"params": float(OTHER.n_params), **latency().metrics()},
+            latencies=(latency(),), error="violates latency:cpu:decode_ms <= 0.1 (measured 0.5)",
+            timings={"export": 0.5, "latency": 1.0, "total": 1.5})
+        stored = store.finish_candidate("s1", 1, never_trained)
+        assert (stored.state, stored.has_weights, stored.proxy, stored.latencies) == \
+            ("infeasible", False, {}, (latency(),))
+        (s1,) = store.list_searches()
+        assert (s1.n_complete, s1.n_infeasible, s1.n_failed, s1.n_running) == (1, 1, 0, 0)
+        assert [c.trial_number for c in store.candidates("s1", states=["infeasible"])] == [1]
+
+    def test_shape_latencies_survive_a_rerun_of_the_same_architecture(self, store, new_search):
+        """A crash after the shape step: the re-run finds its latencies in the cache."""
+        new_search("s1")
+        store.start_candidate("s1", 0, ARCH)
+        store.record_shape("s1", 0, [latency()])
+        store.record_shape("s1", 0, [latency()])  # repeatable
+        assert count(store, Latency) == 1
+        store.start_candidate("s1", 0, ARCH)  # the re-run after a crash
+        assert store.cached_latency(ARCH.hash, "ph-cpu") == latency()
+        store.start_candidate("s1", 0, OTHER)  # another shape under that number: not its latency
+        assert store.cached_latency(ARCH.hash, "ph-cpu") is None
+        store.finish_candidate("s1", 0, result(OTHER))
+        with pytest.raises(StoreError, match="not running"):
+            store.record_shape("s1", 0, [latency()])
+
     # ----- candidates -----------------------------------------------------------------
     def test_candidate_lifecycle(self, store, new_search):
         new_search("s1")
@@ -287,6 +318,18 @@ class TestStore:
             context = MigrationContext.configure(conn, opts={
                 "compare_type": True, "include_name": include_name})
             assert compare_metadata(context, Base.metadata) == []
+
+    def test_candidate_state_check_is_migrated(self, store, new_search):
+        """Migration 0003 widens the state CHECK: ``infeasible`` is stored, a typo is refused."""
+        new_search("s1")
+        store.start_candidate("s1", 0, ARCH)
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE nas_candidates SET state = 'infeasible'"))
+        with pytest.raises(Exception, match="(?i)check"), store.engine.begin() as conn:
+            conn.execute(text("UPDATE nas_candidates SET state = 'bogus'"))
+        with store.engine.connect() as conn:
+            checks = inspect(conn).get_check_constraints("nas_candidates")
+        assert any("infeasible" in c["sqltext"] for c in checks), checks
 
     def test_newer_schema_is_refused(self, store, db_url):
         with store.engine.begin() as conn:

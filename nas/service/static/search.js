@@ -59,14 +59,15 @@
 
   // ----- header ------------------------------------------------------------------------
   function renderStats() {
-    var s = state.search, done = s.n_complete + s.n_failed + s.n_pruned;
+    var s = state.search, done = s.n_complete + s.n_failed + s.n_pruned + (s.n_infeasible || 0);
     $("status").textContent = s.status;
     $("status").className = "badge status-" + s.status.replace(" ", "-");
     $("st-progress").textContent = done + " / " + s.trials;
     $("st-bar").style.width = Math.min(100, s.trials ? 100 * done / s.trials : 0) + "%";
     $("st-complete").textContent = s.n_complete;
     $("st-other").textContent = [s.n_failed ? s.n_failed + " failed" : "",
-      s.n_running ? s.n_running + " running" : "", s.n_interrupted ? s.n_interrupted + " interrupted" : "", s.n_pruned ? s.n_pruned + " pruned" : ""]
+      s.n_running ? s.n_running + " running" : "", s.n_interrupted ? s.n_interrupted + " interrupted" : "", s.n_pruned ? s.n_pruned + " pruned" : "",
+      s.n_infeasible ? s.n_infeasible + " infeasible" : ""]
       .filter(Boolean).join(" · ") || "none failed";
     $("st-hv").textContent = fmt(s.hypervolume);
     $("st-ref").textContent = s.reference_point
