@@ -359,12 +359,18 @@ class SearchDriver:
             else:
                 self._on_trained(entry)
 
-    def _on_shaped(self, entry: InFlight) -> None:
+    def _get(self, entry: InFlight, ref: Any, step: str) -> Any:
+        """A task's result, or None after failing ``entry`` with the reason its worker died."""
         try:
-            entry.shape = self.executor.get(entry.shape_ref)
+            return self.executor.get(ref)
         except Exception as err:  # noqa: BLE001 - worker killed more often than max_retries
-            self._fail(entry, f"shape step worker failed after {self.request.max_retries} "
-                              f"retries: {ray_error(err)}")
+            self._fail(entry, f"{step} worker failed after {self.request.max_retries} retries: "
+                              f"{ray_error(err)}")
+            return None
+
+    def _on_shaped(self, entry: InFlight) -> None:
+        entry.shape = self._get(entry, entry.shape_ref, "shape step")
+        if entry.shape is None:
             return
         if not entry.shape.ok:
             self._fail(entry, entry.shape.error)
@@ -407,11 +413,8 @@ class SearchDriver:
         self._start_training()
 
     def _on_trained(self, entry: InFlight) -> None:
-        try:
-            entry.train = self.executor.get(entry.train_ref)
-        except Exception as err:  # noqa: BLE001 - worker killed more often than max_retries
-            self._fail(entry, f"training worker failed after {self.request.max_retries} "
-                              f"retries: {ray_error(err)}")
+        entry.train = self._get(entry, entry.train_ref, "training")
+        if entry.train is None:
             return
         if not entry.train.ok:
             self._fail(entry, entry.train.error, trained=entry.train)

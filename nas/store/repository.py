@@ -38,6 +38,7 @@ from nas.store.rows import (
     search_record,
     search_row,
     snapshot_record,
+    trial_rows,
 )
 from nas.store.tables import (
     CANDIDATE_STATES,
@@ -373,10 +374,7 @@ class Store:
         during training then finds them in the latency cache. Repeating it changes nothing."""
         now = utcnow()
         with self._write() as session:
-            owner = search_row(session, search)
-            row = candidate_row(session, owner.id, trial_number)
-            if row is None:
-                raise NotFoundError(f"search {search!r} has no trial {trial_number}")
+            owner, row = trial_rows(session, search, trial_number)
             if row.state != "running":
                 raise StoreError(f"search {search!r} trial {trial_number} is {row.state}, not running")
             session.execute(delete(Latency).where(Latency.candidate_id == row.id)
@@ -394,10 +392,7 @@ class Store:
             raise ValueError(f"state={state!r} must be 'failed' or 'pruned'")
         now = utcnow()
         with self._write() as session:
-            owner = search_row(session, search)
-            row = candidate_row(session, owner.id, trial_number)
-            if row is None:
-                raise NotFoundError(f"search {search!r} has no trial {trial_number}")
+            owner, row = trial_rows(session, search, trial_number)
             if row.state == "complete":
                 raise StoreError(f"search {search!r} trial {trial_number} is complete "
                                  f"(candidate {row.id}); refusing to mark it {state}")

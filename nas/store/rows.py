@@ -48,6 +48,15 @@ def candidate_row(session: Session, search_id: int, trial_number: int) -> Candid
                                                   Candidate.trial_number == trial_number))
 
 
+def trial_rows(session: Session, search: str, trial_number: int) -> tuple[Search, Candidate]:
+    """The search and its started trial, for a write that needs both; NotFoundError otherwise."""
+    owner = search_row(session, search)
+    row = candidate_row(session, owner.id, trial_number)
+    if row is None:
+        raise NotFoundError(f"search {search!r} has no trial {trial_number}")
+    return owner, row
+
+
 def delete_results(session: Session, candidate_id: int, *, keep_latencies: bool = False) -> None:
     for table in (Metric, Weights) if keep_latencies else (Metric, Latency, Weights):
         session.execute(delete(table).where(table.candidate_id == candidate_id)
