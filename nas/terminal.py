@@ -219,17 +219,7 @@ class ExportProgress:
         self.console = console
 
     def __enter__(self) -> Callable[[str, int, int, str], None]:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
+        self.bar = _bar(self.console, "{task.description}", "{task.fields[detail]}")
         self.task: Any = None
         self.bar.__enter__()
         return self._update
@@ -244,3 +234,33 @@ class ExportProgress:
 
     def __exit__(self, *exc: Any) -> None:
         self.bar.__exit__(*exc)
+
+
+class TrainingProgress:
+    """`nas evaluate`'s bar over training tokens, on stderr so ``--json`` stays clean."""
+
+    def __init__(self, console: Console, total: int, enabled: bool) -> None:
+        self.console, self.total, self.enabled = console, total, enabled
+
+    def __enter__(self) -> Callable[[int, int, float], None] | None:
+        if not self.enabled:
+            return None
+        self.bar = _bar(self.console, "training", "{task.fields[loss]}")
+        self.bar.__enter__()
+        self.task = self.bar.add_task("train", total=self.total, loss="")
+        return self._update
+
+    def _update(self, done: int, total: int, loss: float) -> None:
+        self.bar.update(self.task, completed=done, total=total, loss=f"loss {loss:.3f}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+def _bar(console: Console, label: str, detail: str) -> Any:
+    """The transient bar every long step shows: label, bar, detail, elapsed, remaining."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(label), BarColumn(), TextColumn(detail), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)

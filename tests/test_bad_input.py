@@ -31,6 +31,12 @@ BASE_SPACE: dict[str, Any] = yaml.safe_load((DATA / "e2e.yaml").read_text())
 ROWS = bad_inputs()
 
 
+def api_space_yaml(**changes: Any) -> str:
+    """The e2e space as YAML text for POST /api/searches, timed on a shipped profile."""
+    return yaml.safe_dump({**BASE_SPACE, "profiles": ["cpu-1t"], "objectives": {"val_loss": "min"},
+                           **changes})
+
+
 def space(path: str = "bad.yaml", **changes: Any) -> Callable[[Path], None]:
     """Write the e2e space with ``changes`` (dotted keys; None deletes) to ``path``."""
 
@@ -247,36 +253,10 @@ API: dict[str, Api] = {
     "api-unknown-field": Api("POST", "/api/searches", {"name": "x", "space": "tiny", "workers": 4}),
     "api-trials-zero": Api("POST", "/api/searches", {"name": "x", "space": "tiny", "trials": 0}),
     "api-unknown-space": Api("POST", "/api/searches", {"name": "x", "space": "huge"}),
-    "api-bad-space-yaml": Api(
-        "POST",
-        "/api/searches",
-        {
-            "name": "x",
-            "space_yaml": yaml.safe_dump(
-                {
-                    **BASE_SPACE,
-                    "profiles": ["cpu-1t"],
-                    "objectives": {"val_loss": "min"},
-                    "architecture": {**BASE_SPACE["architecture"], "d_model": {"choices": []}},
-                }
-            ),
-        },
-    ),
-    "api-space-yaml-reads-files": Api(
-        "POST",
-        "/api/searches",
-        {
-            "name": "x",
-            "space_yaml": yaml.safe_dump(
-                {
-                    **BASE_SPACE,
-                    "profiles": ["cpu-1t"],
-                    "objectives": {"val_loss": "min"},
-                    "data": {"corpus": ["/etc/passwd"], "tokenizer": "byte"},
-                }
-            ),
-        },
-    ),
+    "api-bad-space-yaml": Api("POST", "/api/searches", {"name": "x", "space_yaml": api_space_yaml(
+        architecture={**BASE_SPACE["architecture"], "d_model": {"choices": []}})}),
+    "api-space-yaml-reads-files": Api("POST", "/api/searches", {"name": "x", "space_yaml": api_space_yaml(
+        data={"corpus": ["/etc/passwd"], "tokenizer": "byte"})}),
     "api-unknown-profile": Api("POST", "/api/searches", {"name": "x", "space": "tiny", "profiles": ["tpu"]}),
     "api-name-taken-other-space": Api(
         "POST", "/api/searches", {"name": "taken", "space": "tiny"}, [existing_search(space_hash="0" * 16)]

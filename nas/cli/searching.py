@@ -14,7 +14,7 @@ from rich.table import Table
 from nas.cli import common
 from nas.cli.common import EXIT_STOPPED, DbOption, _db_flag, _print_front, _split, app, db_url
 from nas.errors import NasError
-from nas.terminal import LiveProgress
+from nas.terminal import LiveProgress, TrainingProgress
 
 
 # ----- search -------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def evaluate(
             f"{tokenizer!r} (vocab {token_data.vocab_size})"
         )
     check_fits(token_data, budget)
-    with _training_progress(budget.tokens, enabled=not as_json) as on_step:
+    with TrainingProgress(common.err_console, budget.tokens, enabled=not as_json) as on_step:
         result = run_evaluation(architecture, budget, token_data, profiles, threads=threads, progress=on_step)
     if as_json:
         print(json.dumps(to_jsonable(result), indent=2, allow_nan=True))
@@ -193,36 +193,6 @@ def evaluate(
         _print_result(result)
     if result.state != "complete":
         raise typer.Exit(1)
-
-
-class _training_progress:
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-
-    def __enter__(self):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        if not self.enabled:
-            return None
-        self.bar = Progress(
-            TextColumn("training"),
-            BarColumn(),
-            TextColumn("{task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=common.err_console,
-            transient=True,
-        )
-        self.bar.__enter__()
-        self.task = self.bar.add_task("train", total=self.total, loss="")
-        return self._update
-
-    def _update(self, done: int, total: int, loss: float) -> None:
-        self.bar.update(self.task, completed=done, total=total, loss=f"loss {loss:.3f}")
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
 
 
 def _print_result(result) -> None:
