@@ -59,6 +59,7 @@ class TrainOutput:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     node: str = ""
     error: str = ""
+    checkpoint: bytes | None = None  # training stopped at a rung: what the next one resumes
 
     @property
     def ok(self) -> bool:
@@ -116,37 +117,45 @@ def export_shape(arch: Architecture, *, seed: int = 0, threads: int | None = Non
 def train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, *, seed: int = 0,
                      threads: int | None = None, cores: Sequence[int] | None = None,
                      progress: Callable[[int, int, float], None] | None = None,
-                     export: bool = True) -> TrainOutput:
+                     export: bool = True, stop_at: int | None = None,
+                     resume: bytes | None = None) -> TrainOutput:
     """Proxy-train ``arch`` and export both ONNX graphs (parity-checked). Never raises.
 
     ``cores``: pin every thread there for this call only. The previous affinity is restored
     on return, so a Ray worker reused for a timing task does not time on training cores.
     ``export=False``: train only (the search timed the shape step's graphs already).
+    ``stop_at``/``resume``: one rung of successive halving (`nas.proxy.train`); a run that
+    stopped before the budget's end returns its checkpoint instead of weights.
     """
     from nas.affinity import pinned
 
     with pinned(cores):
         return _train_and_export(arch, budget, data, seed=seed, threads=threads, progress=progress,
-                                 export=export)
+                                 export=export, stop_at=stop_at, resume=resume)
 
 
 def _train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, *, seed: int,
                       threads: int | None,
                       progress: Callable[[int, int, float], None] | None,
-                      export: bool = True) -> TrainOutput:
+                      export: bool = True, stop_at: int | None = None,
+                      resume: bytes | None = None) -> TrainOutput:
     started = time.perf_counter()
     node = socket.gethostname()
     try:
         from nas.onnx_export import export_onnx
         from nas.proxy import train, weights_to_bytes
 
-        trained = train(arch, budget, data, seed=seed, threads=threads, progress=progress)
+        trained = train(arch, budget, data, seed=seed, threads=threads, progress=progress,
+                        stop_at=stop_at, resume=resume)
         proxy = trained.result
         trained_at = time.perf_counter()
         if proxy.status == "diverged":
             return TrainOutput(proxy, timings={"train": trained_at - started}, node=node,
                                error=f"training diverged: {proxy.reason}" if proxy.reason
                                else "training diverged")
+        if trained.checkpoint is not None:
+            return TrainOutput(proxy=proxy, checkpoint=trained.checkpoint,
+                               timings={"train": trained_at - started}, node=node)
         if not export:
             return TrainOutput(proxy=proxy, weights=weights_to_bytes(trained.model),
                                timings={"train": trained_at - started}, node=node)

@@ -221,6 +221,31 @@ def pareto_front(values: Any, directions: DirectionsLike, feasible: Any = None,
     return [int(i) for i in idx[_first_front_mask(loss[idx])]]
 
 
+def crowding_distance(values: Any, directions: DirectionsLike) -> np.ndarray:
+    """NSGA-II's crowding distance of each point of one front: how much room it has.
+
+    Summed over objectives: the gap between its nearest distinct neighbours below and above,
+    over the objective's range; a point at either end of an objective is infinitely crowded
+    out (``inf``), as is every point of a one- or two-point front. Neighbours are the nearest
+    *distinct* values, so equal points get equal distances whatever order they come in.
+    """
+    loss = _loss(values, directions)
+    n, m = loss.shape
+    distance = np.zeros(n)
+    for j in range(m):
+        column = loss[:, j]
+        lo, hi = column.min(initial=np.inf), column.max(initial=-np.inf)
+        levels = np.unique(column)
+        rank = np.searchsorted(levels, column)
+        at_end = (column == lo) | (column == hi)
+        inner = ~at_end
+        if hi > lo and inner.any():
+            gap = levels[rank[inner] + 1] - levels[rank[inner] - 1]
+            distance[inner] += gap / (hi - lo)
+        distance[at_end] = np.inf
+    return distance
+
+
 # ----- hypervolume -----------------------------------------------------------------------
 def _hv2d(points: np.ndarray, ref: np.ndarray) -> float:
     """Area dominated by ``points`` (all strictly inside ``ref``), dominated ones allowed."""

@@ -34,6 +34,7 @@ there but costs on an idle machine). Give training reserved cores (`nas.affinity
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import time
@@ -60,12 +61,14 @@ _CHECK_EVERY = 16
 _READ_EVERY_S = 0.5
 # A loss this many times worse than guessing uniformly (ln V) only comes from a blown-up run.
 _DIVERGED_FACTOR = 3.0
+CHECKPOINT_FORMAT = "nas-train-1"
 
 
 @dataclass
 class TrainedModel:
     result: ProxyResult
     model: NasLM  # on the CPU, in eval mode
+    checkpoint: bytes | None = None  # set when it stopped at a rung before the budget's end
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -201,12 +204,23 @@ def validation_loss(model: NasLM, data: TokenData, budget: ProxyBudget,
 
 def train(arch: Architecture, budget: ProxyBudget, data: TokenData, device: str = "auto",
           seed: int = 0, threads: int | None = None,
-          progress: Progress | None = None, model: NasLM | None = None) -> TrainedModel:
+          progress: Progress | None = None, model: NasLM | None = None, *,
+          stop_at: int | None = None, resume: bytes | None = None) -> TrainedModel:
     """Train ``arch`` for ``budget.tokens`` tokens and score it on the fixed validation set.
 
     ``model``: continue training these weights (in place; built for ``arch``) instead of a
     fresh initialisation, with a fresh optimizer and schedule (``nas export --train-tokens``).
+
+    ``stop_at``: stop after this many optimizer steps of the budget's schedule (a rung of
+    `nas.fidelity`), score, and hand back a `TrainedModel.checkpoint`; ``resume``: continue
+    from such a checkpoint. The schedule is always the whole budget's (cosine to its end, so
+    a rung's loss is the raw loss at that step): training to step a, then on to b, gives the
+    same weights as training to b without a break (bitwise on CPU).
     """
+    if model is not None and resume is not None:
+        raise ValueError("give model or resume, not both")
+    if stop_at is not None and not 1 <= stop_at <= budget.steps:
+        raise ValueError(f"stop_at={stop_at} must be within the budget's 1..{budget.steps} steps")
     if model is not None and model.arch != arch:
         raise ArchitectureError(f"model was built for {model.arch.describe()}, not {arch.describe()}")
     budget.validate()
@@ -218,27 +232,34 @@ def train(arch: Architecture, budget: ProxyBudget, data: TokenData, device: str 
     dev = resolve_device(device)
     threads_ctx = cpu_threads(threads or default_threads()) if dev.type == "cpu" else contextlib.nullcontext()
     with threads_ctx:
-        return _train(arch, budget, data, dev, seed, progress, model)
+        return _train(arch, budget, data, dev, seed, progress, model, stop_at, resume)
 
 
 def _train(arch: Architecture, budget: ProxyBudget, data: TokenData, dev: torch.device,
-           seed: int, progress: Progress | None, init: NasLM | None = None) -> TrainedModel:
+           seed: int, progress: Progress | None, init: NasLM | None = None,
+           stop_at: int | None = None, resume: bytes | None = None) -> TrainedModel:
     started = time.perf_counter()
     model = (build_model(arch, seed=seed) if init is None else init).to(dev)
     model.train()
     opt = make_optimizer(model, budget)
     params = [p for group in opt.param_groups for p in group["params"]]
     steps = budget.steps
+    stop = stop_at or steps
     batches = _Batches(data.train, budget, seed, dev, steps)
     tokens_per_step = budget.batch_size * budget.seq_len
     lrs = lr_schedule(budget, steps)
     losses = torch.empty(steps, dtype=torch.float32, device=dev)
+    start, earlier_seconds = 0, 0.0
+    if resume is not None:
+        start, earlier_seconds = _restore(resume, model, opt, batches, losses)
+        if start >= stop:
+            raise ValueError(f"the checkpoint is at step {start}, not before stop_at={stop}")
     limit = _DIVERGED_FACTOR * math.log(arch.vocab_size)
     status: ProxyStatus = "ok"
     reason = ""
-    done = checked = kept = 0
+    done = checked = kept = start
     train_start = read_at = time.perf_counter()
-    for step in range(steps):
+    for step in range(start, stop):
         x, y = batches.next()
         for group in opt.param_groups:
             group["lr"] = lrs[step]
@@ -253,8 +274,9 @@ def _train(arch: Architecture, budget: ProxyBudget, data: TokenData, dev: torch.
         losses[step] = loss.detach()
         done = step + 1
         now = time.perf_counter()
-        timed_out = budget.max_seconds is not None and now - train_start > budget.max_seconds
-        if done % _CHECK_EVERY and done != steps and not timed_out and now - read_at < _READ_EVERY_S:
+        timed_out = (budget.max_seconds is not None
+                     and earlier_seconds + now - train_start > budget.max_seconds)
+        if done % _CHECK_EVERY and done != stop and not timed_out and now - read_at < _READ_EVERY_S:
             continue
         read_at = now
         recent = losses[checked:done].cpu().numpy()
@@ -270,24 +292,57 @@ def _train(arch: Architecture, budget: ProxyBudget, data: TokenData, dev: torch.
         checked = kept = done
         if progress is not None:
             progress(done, steps, float(recent.mean()))
-        if timed_out and done < steps:
+        if timed_out and done < stop:
             status = "timeout"
             reason = (f"stopped at max_seconds={budget.max_seconds:g} after {done} of {steps} steps "
                       f"({done * tokens_per_step:,} of {steps * tokens_per_step:,} tokens)")
             break
     train_seconds = time.perf_counter() - train_start
     curve = _curve(losses[:kept].cpu().numpy(), tokens_per_step)
+    checkpoint = None
+    if status == "ok" and done < steps:
+        checkpoint = _checkpoint(done, model, opt, batches, losses, earlier_seconds + train_seconds)
     val_loss = math.inf
     if status != "diverged":
         val_loss = validation_loss(model, data, budget, dev)
         if not math.isfinite(val_loss):
             status, reason, val_loss = "diverged", f"validation loss is {val_loss}", math.inf
     trained_tokens = done * tokens_per_step
+    segment_tokens = (done - start) * tokens_per_step
     result = ProxyResult(
         val_loss=val_loss, curve=curve, tokens=trained_tokens,
-        tokens_per_s=trained_tokens / train_seconds if train_seconds > 0 else 0.0,
+        tokens_per_s=segment_tokens / train_seconds if train_seconds > 0 else 0.0,
         seconds=time.perf_counter() - started, status=status, reason=reason, device=str(dev))
-    return TrainedModel(result, model.cpu().eval())
+    return TrainedModel(result, model.cpu().eval(), checkpoint)
+
+
+# ----- checkpoints between rungs ---------------------------------------------------------
+def _checkpoint(step: int, model: NasLM, opt: torch.optim.Optimizer, batches: _Batches,
+                losses: torch.Tensor, train_seconds: float) -> bytes:
+    """Everything a later rung needs to go on as if never stopped: weights, AdamW moments,
+    the data position (the window generator's state) and the losses so far (for the curve).
+    About 3x the weights. torch.save keeps tied/shared tensors shared."""
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "step": step,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(), "rng": batches.rng.bit_generator.state,
+                "losses": losses[:step].detach().cpu(), "train_seconds": train_seconds}, buffer)
+    return buffer.getvalue()
+
+
+def _restore(data: bytes, model: NasLM, opt: torch.optim.Optimizer, batches: _Batches,
+             losses: torch.Tensor) -> tuple[int, float]:
+    """Load a `_checkpoint` in place; (its step, training seconds before it)."""
+    saved = torch.load(io.BytesIO(data), weights_only=True)
+    if saved.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"not a training checkpoint of format {CHECKPOINT_FORMAT}")
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    batches.rng.bit_generator.state = saved["rng"]
+    step = int(saved["step"])
+    batches.step = step  # the GPU path drew every window up front from the seed
+    losses[:step] = saved["losses"].to(losses.device)
+    return step, float(saved["train_seconds"])
 
 
 # ----- weights ---------------------------------------------------------------------------

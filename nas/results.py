@@ -58,6 +58,16 @@ class ProxyResult:
 
 
 @dataclass(frozen=True)
+class RungLoss:
+    """A candidate's validation loss at the end of one rung of successive halving."""
+
+    rung: int  # 0 = the first (smallest) rung
+    tokens: int  # training tokens seen by then, in all
+    val_loss: float
+    seconds: float = 0.0  # training seconds of this rung alone
+
+
+@dataclass(frozen=True)
 class CandidateResult:
     """Everything one evaluation produced; the driver writes it in one transaction."""
 
@@ -70,6 +80,7 @@ class CandidateResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: train, export, latency, total
     weights: bytes | None = None  # safetensors bytes of the trained model
     node: str = ""
+    rung: RungLoss | None = None  # the rung it ended at, written with it (complete or pruned)
 
 
 def to_jsonable(value: Any) -> Any:

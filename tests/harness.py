@@ -52,7 +52,7 @@ def assert_optuna_agrees(store: Any, name: str, lost_asks: bool = False) -> None
 
     study = optuna.load_study(study_name=f"nas:{name}", storage=store.optuna_storage())
     states = {"complete": optuna.trial.TrialState.COMPLETE, "failed": optuna.trial.TrialState.FAIL,
-              "infeasible": optuna.trial.TrialState.PRUNED}
+              "infeasible": optuna.trial.TrialState.PRUNED, "pruned": optuna.trial.TrialState.PRUNED}
     stored = {c.trial_number: states[c.state] for c in store.candidates(name)}
     # A repeat draw is told its original's result and stored nowhere; one asked while its
     # original was in flight when the driver died is failed by the resume.

@@ -28,18 +28,19 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from nas.architecture import Architecture, static_metrics
 from nas.errors import ConfigError, SearchError
 from nas.fronts import first_of_each_architecture
-from nas.results import CandidateResult
+from nas.results import CandidateResult, ProfileLatency, RungLoss
 from nas.search.executor import RayExecutor, ray_error
 from nas.search.heartbeat import heartbeat
 from nas.search.inflight import InFlight
 from nas.search.request import Progress, SearchOutcome, SearchRequest
+from nas.search.rungs import RungLadder
 from nas.search.study import Finished, SearchStudy, study_name
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class SearchDriver:
         self.on_progress = on_progress or (lambda _p: None)
         self.stop_event = stop_event or threading.Event()
         self.executor = RayExecutor(request)
+        self.ladder = RungLadder(self.space, request.fidelity)
         self.progress = Progress(total=request.effective_trials)
         self.inflight: dict[int, InFlight] = {}  # trial number -> entry
         self.by_hash: dict[str, InFlight] = {}  # arch hash -> the entry evaluating it
@@ -139,8 +141,9 @@ class SearchDriver:
     def _outcome(self, status: str, started: float) -> SearchOutcome:
         front = self._refresh_front(with_proxy=True).front
         p = self.progress
-        return SearchOutcome(self.name, status, p.done - p.failed - p.infeasible, p.failed, list(front),
-                             p.hypervolume, time.monotonic() - started, n_infeasible=p.infeasible)
+        return SearchOutcome(self.name, status, p.done - p.failed - p.infeasible - p.pruned, p.failed,
+                             list(front), p.hypervolume, time.monotonic() - started,
+                             n_infeasible=p.infeasible, n_pruned=p.pruned, tokens=p.tokens)
 
     # ----- before anything is written ------------------------------------------------------
     def _check_inputs(self) -> SearchRecord | None:
@@ -163,6 +166,8 @@ class SearchDriver:
         if existing.data != req.data_spec.to_dict():
             raise SearchError(f"search {req.name!r} already exists with data {existing.data}; "
                               "resume it with the same data or use another --name")
+        if existing.fidelity != self.ladder.to_dict():
+            raise SearchError(_fidelity_mismatch(req.name, existing.fidelity))
         self._load_finished()
         return existing
 
@@ -198,12 +203,17 @@ class SearchDriver:
             profiles=[p.to_dict() for p in req.profiles],
             objectives=list(zip(space.objective_names(), space.directions())),
             constraints=list(space.constraint_texts()), data=req.data_spec.to_dict(),
-            budget=space.budget.to_dict(), trials=req.effective_trials, study_name=study_name(req.name))
+            budget=space.budget.to_dict(), trials=req.effective_trials, study_name=study_name(req.name),
+            fidelity=self.ladder.to_dict())
 
     def _load_finished(self) -> None:
-        records = self.store.candidates(self.name, states=["complete", "failed", "infeasible"],
-                                        with_proxy=False)
+        """The finished results (what repeats are told) and every rung arrival, as stored."""
+        records = self.store.candidates(self.name, with_proxy=False)
+        self.ladder.replay(self.store.rung_arrivals(self.name),
+                           {r.trial_number: _shape_metrics(r.architecture, r.latencies) for r in records})
         for record in sorted(records, key=lambda r: r.trial_number):
+            if record.state == "running":
+                continue
             # setdefault: the first result of an architecture stands (a repeat an older version stored)
             self.finished.setdefault(record.arch_hash, Finished(record.trial_number, record.state,
                                                                 dict(record.metrics)))
@@ -315,11 +325,22 @@ class SearchDriver:
                                       self.request.distinct_architectures)
 
     def _rerun_interrupted(self) -> None:
-        """Trials a crash left running are re-run from their shape step under the same number."""
+        """Trials a crash left running are re-run under the same number: from the checkpoint of
+        the last rung they finished, or else from their shape step."""
         for number in self.store.running_trials(self.name):
             record = self.store.candidate_by_trial(self.name, number)
             self.store.start_candidate(self.name, number, record.architecture)  # counts the attempt
-            self._submit(number, record.architecture, None)
+            stored = self.store.checkpoint(self.name, number)
+            if stored is None or len(record.latencies) < len(self.request.profiles):
+                self._submit(number, record.architecture, None)
+                continue
+            rung, checkpoint = stored
+            entry = InFlight(number, record.architecture, None, rung=rung + 1, checkpoint=checkpoint,
+                             ready_to_train=True,
+                             train_seconds=sum(r.seconds for r in record.rungs if r.rung <= rung),
+                             latencies={lat.profile: lat for lat in record.latencies})
+            self.inflight[number] = entry
+            self.by_hash[entry.arch.hash] = entry
 
     def _submit(self, number: int, arch: Architecture, trial: Trial | None) -> None:
         """Start the shape step: profiles in the latency cache are reused, the others timed."""
@@ -342,7 +363,8 @@ class SearchDriver:
             return
         for entry in self.inflight.values():
             if entry.ready_to_train and entry.train_ref is None:
-                entry.train_ref = self.executor.submit_train(entry.arch, self._data_ref)
+                entry.train_ref = self.executor.submit_train(
+                    entry.arch, self._data_ref, self.ladder.stop_at(entry.rung), entry.checkpoint)
 
     # ----- collecting results ----------------------------------------------------------------
     def _collect(self) -> None:
@@ -400,9 +422,7 @@ class SearchDriver:
         if entry.measure_started:
             entry.measure_seconds = time.perf_counter() - entry.measure_started
         latencies = [entry.latencies[p.name] for p in self.request.profiles]
-        metrics = static_metrics(entry.arch)
-        for latency in latencies:
-            metrics.update(latency.metrics())
+        metrics = _shape_metrics(entry.arch, latencies)
         violations = self.space.shape_violations(metrics)
         if violations:
             self._finish(entry, infeasible(entry.arch, entry.shape, latencies, entry.measure_seconds,
@@ -413,20 +433,50 @@ class SearchDriver:
         self._start_training()
 
     def _on_trained(self, entry: InFlight) -> None:
-        entry.train = self._get(entry, entry.train_ref, "training")
-        if entry.train is None:
+        """A rung's training arrived: the candidate completes (last rung), goes on to the next
+        rung from its checkpoint, or is pruned (`nas.search.rungs`)."""
+        train = entry.train = self._get(entry, entry.train_ref, "training")
+        if train is None:
             return
-        if not entry.train.ok:
-            self._fail(entry, entry.train.error, trained=entry.train)
+        if not train.ok:
+            self._fail(entry, train.error, trained=train)
             return
-        self._complete(entry)
+        assert train.proxy is not None
+        seconds = train.timings.get("train", 0.0)
+        rung = RungLoss(entry.rung, train.proxy.tokens, train.proxy.val_loss, seconds)
+        entry.train_seconds += seconds
+        entry.train = train = dataclasses.replace(train, timings={**train.timings,
+                                                                  "train": entry.train_seconds})
+        if train.checkpoint is None:  # the last rung (or a timeout, which cannot go on)
+            self._complete(entry, rung)
+            return
+        metrics = _shape_metrics(entry.arch, entry.latencies.values())
+        decision = self.ladder.decide(entry.number, rung, metrics)
+        if not decision.promoted:
+            self._finish(entry, CandidateResult(
+                entry.arch, "pruned", metrics=metrics, proxy=train.proxy, error=decision.reason,
+                latencies=tuple(entry.latencies.values()), timings=self._timings(entry),
+                node=train.node, rung=rung))
+            return
+        self.store.record_rung(self.name, entry.number, rung, train.checkpoint)
+        entry.rung += 1
+        entry.checkpoint, entry.train_ref, entry.train = train.checkpoint, None, None
+        self.progress.tokens += rung.tokens - (self.ladder.tokens[rung.rung - 1] if rung.rung else 0)
+        self._start_training()
 
-    def _complete(self, entry: InFlight) -> None:
+    def _timings(self, entry: InFlight) -> dict[str, float]:
+        timings = {**(entry.shape.timings if entry.shape is not None else {}),
+                   "train": entry.train_seconds, "latency": entry.measure_seconds}
+        timings["total"] = sum(timings.values())
+        return timings
+
+    def _complete(self, entry: InFlight, rung: RungLoss) -> None:
         from nas.evaluate import assemble
 
         assert entry.train is not None
         latencies = [entry.latencies[p.name] for p in self.request.profiles]
         result = assemble(entry.arch, entry.train, latencies, entry.measure_seconds, shape=entry.shape)
+        result = dataclasses.replace(result, rung=rung)
         missing = [m for m in self.space.objective_names() if not _finite(result.metrics.get(m))]
         if missing:
             self._fail(entry, f"objective(s) {missing} missing or not finite", trained=entry.train)
@@ -457,6 +507,9 @@ class SearchDriver:
             self._refresh_front(snapshot=True)
         elif result.state == "infeasible":
             self.study.tell_infeasible(told, result.metrics)
+        elif result.state == "pruned":
+            self.study.tell_pruned(told, result.metrics)
+            self._refresh_front()
         else:
             self.study.tell_failed(told)
         for follower in entry.followers:
@@ -477,12 +530,14 @@ class SearchDriver:
             search = self.store.get_search(self.name)
             analysis = analyze(search, records)
         self.progress.front = len(analysis.front)
+        self.progress.tokens = sum(r.tokens for r in records)
         self.progress.hypervolume = analysis.hypervolume if search.reference_point is not None else None
         if snapshot:
             self.store.add_pareto_snapshot(
                 self.name, n_complete=len(first_of_each_architecture(analysis.complete)),
                 hypervolume=self.progress.hypervolume,
-                front_ids=[r.id for r, on in zip(analysis.complete, analysis.on_front) if on])
+                front_ids=[r.id for r, on in zip(analysis.complete, analysis.on_front) if on],
+                tokens=self.progress.tokens)
         return analysis
 
     def _write_reference_point(self, analysis: FrontAnalysis) -> bool:
@@ -501,10 +556,28 @@ class SearchDriver:
         self.progress.done = len(self.finished)
         self.progress.failed = sum(1 for f in self.finished.values() if f.state == "failed")
         self.progress.infeasible = sum(1 for f in self.finished.values() if f.state == "infeasible")
+        self.progress.pruned = sum(1 for f in self.finished.values() if f.state == "pruned")
 
     def _report(self) -> None:
         self.progress.running = len(self.inflight)
         self.on_progress(self.progress)
+
+
+def _shape_metrics(arch: Architecture, latencies: Iterable[ProfileLatency]) -> dict[str, float]:
+    """Every metric known before training: size from the shape, latency per profile."""
+    metrics = static_metrics(arch)
+    for latency in latencies:
+        metrics.update(latency.metrics())
+    return metrics
+
+
+def _fidelity_mismatch(name: str, stored: dict[str, Any] | None) -> str:
+    if stored is None:
+        return (f"search {name!r} was started without rungs (--no-fidelity, or a space without "
+                "fidelity) and resumes only that way: add --no-fidelity, or use another --name")
+    return (f"search {name!r} was started with successive halving (rungs at "
+            f"{', '.join(f'{t:,}' for t in stored['rung_tokens'])} tokens, eta {stored['eta']}) and "
+            "resumes only under those settings: drop --no-fidelity, or use another --name")
 
 
 def _finite(value: Any) -> bool:

@@ -30,6 +30,9 @@ class InFlight:
     ready_to_train: bool = False  # feasible after its shape step; trains when timing allows
     train_ref: Any = None
     train: TrainOutput | None = None  # once it arrived
+    rung: int = 0  # the rung it trains to (`nas.search.rungs`)
+    checkpoint: bytes | None = None  # the previous rung's, which this one continues from
+    train_seconds: float = 0.0  # over the rungs before this one
     followers: list[Trial] = field(default_factory=list)  # repeat draws of it, told when it ends
 
     @property

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from nas.architecture import Architecture
 from nas.errors import ConfigError
+from nas.fidelity import Fidelity
 from nas.hardware import HardwareProfile
 from nas.space import SearchSpace
 from nas.specs import DataSpec
@@ -40,11 +41,17 @@ class SearchRequest:
     gpus_per_trial: float = 0.0
     max_retries: int = 2  # re-runs of a trial whose worker process died
     timing: str = "exclusive"  # or "overlap": time on reserved cores while training runs
+    no_fidelity: bool = False  # --no-fidelity: every candidate gets the whole budget
 
     def __post_init__(self) -> None:
         if self.timing not in TIMING_POLICIES:
             raise ConfigError(f"timing={self.timing!r} must be one of {', '.join(TIMING_POLICIES)}",
                               field="timing", value=self.timing)
+
+    @property
+    def fidelity(self) -> Fidelity | None:
+        """The successive-halving rungs this run asks for (None: one rung, the whole budget)."""
+        return None if self.no_fidelity else self.space.fidelity
 
     @property
     def data_spec(self) -> DataSpec:
@@ -119,6 +126,8 @@ class SearchOutcome:
     hypervolume: float | None  # None until the search's reference point is fixed
     seconds: float
     n_infeasible: int = 0  # broke a constraint in the shape step: never trained
+    n_pruned: int = 0  # stopped at a rung by successive halving
+    tokens: int = 0  # training tokens spent, every rung of every candidate
 
 
 @dataclass
@@ -129,6 +138,8 @@ class Progress:
     done: int = 0
     failed: int = 0
     infeasible: int = 0  # of done: broke a constraint in the shape step, never trained
+    pruned: int = 0  # of done: stopped at a rung by successive halving
+    tokens: int = 0  # training tokens spent so far, every rung of every candidate
     running: int = 0
     front: int = 0
     hypervolume: float | None = None

@@ -48,7 +48,7 @@ class Finished:
     """A distinct architecture's first finished result: what a repeat draw is told."""
 
     trial: int
-    state: str  # complete | failed | infeasible
+    state: str  # complete | failed | infeasible | pruned
     metrics: dict[str, float]
 
 
@@ -146,6 +146,12 @@ class SearchStudy:
         self._retry(self._tell, trial, None, self.space.constraint_dict(metrics, partial=True),
                     TrialState.PRUNED)
 
+    def tell_pruned(self, trial: TrialRef, metrics: Mapping[str, float]) -> None:
+        """PRUNED by successive halving (the driver decides: Optuna cannot prune multi-objective
+        studies), with the constraint values its shape step measured."""
+        self._retry(self._tell, trial, None, self.space.constraint_dict(metrics, partial=True),
+                    TrialState.PRUNED)
+
     def mark_repeat(self, trial: Trial, original: int) -> None:
         """Mark a draw of trial ``original``'s architecture, so readers can tell it apart."""
         self._retry(trial.set_user_attr, REPEAT_ATTR, original)
@@ -156,6 +162,8 @@ class SearchStudy:
             self.tell_complete(trial, original.metrics)
         elif original.state == "infeasible":
             self.tell_infeasible(trial, original.metrics)
+        elif original.state == "pruned":
+            self.tell_pruned(trial, original.metrics)
         else:
             self.tell_failed(trial)
 
@@ -215,6 +223,8 @@ class SearchStudy:
                 self.tell_complete(trial.number, record.metrics)
             elif record.state == "infeasible":
                 self.tell_infeasible(trial.number, record.metrics)
+            elif record.state == "pruned":
+                self.tell_pruned(trial.number, record.metrics)
             elif record.state == "failed":
                 self.tell_failed(trial.number)
             # running: re-run by this driver under the same number, told when it finishes

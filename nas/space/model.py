@@ -20,6 +20,7 @@ import numpy as np
 from nas import objectives
 from nas.architecture import Architecture
 from nas.errors import ConfigError
+from nas.fidelity import Fidelity
 from nas.objectives import Constraint, Objective, config_error
 from nas.specs import DataSpec, ProxyBudget
 from nas.util import stable_hash
@@ -93,6 +94,7 @@ class SearchSpace:
     constraints: tuple[Constraint, ...] = ()
     profiles: tuple[str, ...] = ()
     budget: ProxyBudget = ProxyBudget()
+    fidelity: Fidelity | None = None  # successive-halving rungs (`nas.fidelity`); None: one rung
     data: DataSpec = DataSpec()
     sampler: SamplerSpec = SamplerSpec()
     seed: int = 0
@@ -139,6 +141,8 @@ class SearchSpace:
             "objectives": {o.metric: o.direction for o in self.objectives},
             "constraints": [c.text for c in self.constraints],
             "budget": self.budget.to_dict(),
+            # Left out when unset, so a space without rungs keeps the hash it always had.
+            **({"fidelity": self.fidelity.to_dict()} if self.fidelity is not None else {}),
             "data": self.data.to_dict(),
             "architecture": arch,
         }

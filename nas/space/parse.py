@@ -24,6 +24,7 @@ import yaml
 
 from nas.architecture import Architecture, check_field, static_metrics
 from nas.errors import ArchitectureError, ConfigError
+from nas.fidelity import parse_fidelity
 from nas.objectives import (
     Constraint,
     config_error,
@@ -36,7 +37,7 @@ from nas.specs import DataSpec, ProxyBudget
 
 _INT_FIELDS = frozenset({"n_layer", "d_model", "n_head", "n_kv_head", "window", "max_seq_len"})
 _TOP_KEYS = ("name", "description", "seed", "trials", "sampler", "profiles", "objectives",
-             "constraints", "budget", "data", "architecture")
+             "constraints", "budget", "fidelity", "data", "architecture")
 _PROFILE_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _MAX_RANGE_VALUES = 10_000
 FEASIBILITY_SAMPLES = 2_000
@@ -114,6 +115,7 @@ def parse_space(data: Any, source: str | None, default_name: str) -> SearchSpace
 
     profiles = _parse_profiles(data.get("profiles", []), err)
     budget = _section(ProxyBudget, data.get("budget", {}), "budget", source, err)
+    fidelity = parse_fidelity(data.get("fidelity"), budget, source)
     data_spec = _section(DataSpec, data.get("data", {}), "data", source, err)
     objectives = parse_objectives(data.get("objectives"), profiles, source)
     constraints = parse_constraints(data.get("constraints", []), profiles, source)
@@ -121,7 +123,7 @@ def parse_space(data: Any, source: str | None, default_name: str) -> SearchSpace
     architecture = _parse_architecture(data.get("architecture", {}), data_spec, budget, err)
 
     space = SearchSpace(name=name, architecture=architecture, objectives=objectives,
-                        constraints=constraints, profiles=profiles, budget=budget,
+                        constraints=constraints, profiles=profiles, budget=budget, fidelity=fidelity,
                         data=data_spec, sampler=sampler, seed=seed, trials=trials,
                         description=description, source=source)
     _check_feasible(space, err)

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from nas.architecture import Architecture
-from nas.results import ProfileLatency
+from nas.results import ProfileLatency, RungLoss
 from nas.states import DRIVER_LOST, LIVE_STATUSES
 
 HEARTBEAT_SECONDS = 5.0  # how often a live driver writes its heartbeat
@@ -57,6 +57,15 @@ class SearchRecord:
     finished_at: datetime | None
     updated_at: datetime  # last write to the search or any of its candidates
     heartbeat_at: datetime | None = None  # last sign of life of its driver
+    fidelity: dict[str, Any] | None = None  # {min_tokens, eta, rung_tokens}; None: one rung
+
+    @property
+    def rung_tokens(self) -> tuple[int, ...]:
+        """Training tokens at the end of each rung (one rung, the whole budget, without fidelity)."""
+        if self.fidelity:
+            return tuple(int(t) for t in self.fidelity["rung_tokens"])
+        per_step = int(self.budget.get("batch_size", 1)) * int(self.budget.get("seq_len", 1))
+        return (max(1, int(self.budget.get("tokens", 0)) // per_step) * per_step,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +110,14 @@ class CandidateRecord:
     started_at: datetime
     finished_at: datetime | None
     has_weights: bool
+    rungs: tuple[RungLoss, ...] = ()  # the loss at every rung it reached, first rung first
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens spent on it: its last rung's, or its proxy run's."""
+        if self.rungs:
+            return self.rungs[-1].tokens
+        return int(self.proxy.get("tokens", 0) or 0) if self.proxy else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,3 +128,4 @@ class SnapshotRecord:
     hypervolume: float | None  # None before the reference point was fixed
     front_ids: tuple[int, ...]  # candidate ids
     created_at: datetime
+    tokens: int | None = None  # training tokens spent by then; None before rungs were stored

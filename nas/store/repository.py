@@ -32,6 +32,7 @@ from nas.store.records import (
 from nas.store.rows import (
     candidate_row,
     delete_results,
+    delete_training,
     latency_values,
     load_candidates,
     profile_latency,
@@ -39,15 +40,19 @@ from nas.store.rows import (
     search_row,
     snapshot_record,
     trial_rows,
+    write_rung,
 )
+from nas.store.rungs import RungStore
 from nas.store.tables import (
     CANDIDATE_STATES,
     LIVE_STATUSES,
     SEARCH_STATUSES,
     Candidate,
+    Checkpoint,
     Latency,
     Metric,
     ParetoSnapshot,
+    Rung,
     Search,
     Weights,
     utcnow,
@@ -59,7 +64,7 @@ if TYPE_CHECKING:
 FINISHED_STATES = ("complete", "failed", "pruned", "infeasible")
 
 
-class Store:
+class Store(RungStore):
     """The search database at ``url`` (default ``sqlite:///nas.db``), upgraded to head on open.
 
     Raises StoreError naming the URL (password masked) when the database cannot be
@@ -133,7 +138,8 @@ class Store:
     def create_search(self, name: str, *, space: dict[str, Any], space_hash: str,
                       profiles: Sequence[dict[str, Any]], objectives: Sequence[tuple[str, str]],
                       constraints: Sequence[str], data: dict[str, Any], budget: dict[str, Any],
-                      trials: int, study_name: str) -> SearchRecord:
+                      trials: int, study_name: str,
+                      fidelity: dict[str, Any] | None = None) -> SearchRecord:
         """Create a running search; if it exists with the same space and study, return it.
 
         Returning the existing one makes a retried create harmless; a different space or
@@ -155,7 +161,8 @@ class Store:
                          constraints=list(constraints), data=dict(data), budget=dict(budget),
                          trials=trials, status="running", study_name=study_name,
                          reference_point=None, error="", created_at=now, started_at=now,
-                         finished_at=None, updated_at=now, heartbeat_at=now)
+                         finished_at=None, updated_at=now, heartbeat_at=now,
+                         fidelity=None if fidelity is None else dict(fidelity))
             session.add(row)
             session.flush()
             return search_record(row)
@@ -285,7 +292,7 @@ class Store:
             if search_id is None:
                 return  # a retry after a lost commit acknowledgement: already gone
             ids = select(Candidate.id).where(Candidate.search_id == search_id)
-            for table in (Metric, Latency, Weights):
+            for table in (Metric, Latency, Weights, Rung, Checkpoint):
                 session.execute(delete(table).where(table.candidate_id.in_(ids))
                                 .execution_options(synchronize_session=False))
             for table in (Candidate, ParetoSnapshot):
@@ -317,9 +324,12 @@ class Store:
                                  f"(candidate {row.id}); refusing to run it again")
             else:
                 row.attempts += 1
-                # A crash re-run keeps its shape step's latencies (they depend on shape only).
+                # A crash re-run keeps its shape step's latencies (they depend on shape only)
+                # and the rungs it finished, whose checkpoint it continues from.
                 keep = row.state == "running" and row.arch_hash == architecture.hash
                 delete_results(session, row.id, keep_latencies=keep)
+                if not keep:
+                    delete_training(session, row.id)
             row.architecture, row.arch_hash = architecture.to_dict(), architecture.hash
             row.state, row.error, row.timings, row.proxy, row.node = "running", "", {}, None, ""
             row.started_at, row.finished_at = now, None
@@ -333,7 +343,8 @@ class Store:
         """Write everything a trial produced in one transaction; repeating it changes nothing.
 
         The candidate row is created if `start_candidate` was skipped (e.g. a candidate
-        pruned before training). Metrics, latencies and weights replace what was stored.
+        pruned before training). Metrics, latencies and weights replace what was stored;
+        ``result.rung`` (the rung it ended at) is written with them and its checkpoint dropped.
         """
         if result.state not in FINISHED_STATES:
             raise ValueError(f"state={result.state!r} must be one of {', '.join(FINISHED_STATES)}")
@@ -365,6 +376,10 @@ class Store:
                 session.execute(insert(Weights), [{
                     "candidate_id": row.id, "format": "safetensors", "size": len(result.weights),
                     "data": result.weights, "created_at": now}])
+            delete_training(session, row.id, keep_rungs=True)
+            if result.rung is not None:
+                write_rung(session, row.id, result.rung, now)
+                session.flush()
             return load_candidates(session, Candidate.id == row.id)[0]
 
     @retrying
@@ -401,7 +416,7 @@ class Store:
 
     @retrying
     def add_pareto_snapshot(self, search: str, n_complete: int, hypervolume: float | None,
-                            front_ids: Iterable[int]) -> SnapshotRecord:
+                            front_ids: Iterable[int], tokens: int | None = None) -> SnapshotRecord:
         """Record the front after ``n_complete`` candidates (replacing one with the same count)."""
         now = utcnow()
         with self._write() as session:
@@ -412,7 +427,7 @@ class Store:
                 row = ParetoSnapshot(search_id=search_id, n_complete=n_complete)
                 session.add(row)
             row.hypervolume = None if hypervolume is None else float(hypervolume)
-            row.front, row.created_at = [int(i) for i in front_ids], now
+            row.front, row.created_at, row.tokens = [int(i) for i in front_ids], now, tokens
             session.flush()
             return snapshot_record(row)
 
@@ -480,7 +495,7 @@ class Store:
             # Core rows, not ORM entities: a long search has one snapshot per finished trial.
             rows = session.connection().execute(
                 select(ParetoSnapshot.n_complete, ParetoSnapshot.hypervolume, ParetoSnapshot.front,
-                       ParetoSnapshot.created_at)
+                       ParetoSnapshot.created_at, ParetoSnapshot.tokens)
                 .where(ParetoSnapshot.search_id == search_id).order_by(ParetoSnapshot.n_complete))
             return [snapshot_record(row) for row in rows]
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from nas.architecture import Architecture
 from nas.errors import NotFoundError
-from nas.results import LatencyStats, ProfileLatency
+from nas.results import LatencyStats, ProfileLatency, RungLoss
 from nas.store.records import (
     CandidateRecord,
     SearchRecord,
@@ -20,8 +20,10 @@ from nas.store.records import (
 )
 from nas.store.tables import (
     Candidate,
+    Checkpoint,
     Latency,
     Metric,
+    Rung,
     Search,
     Weights,
 )
@@ -58,9 +60,30 @@ def trial_rows(session: Session, search: str, trial_number: int) -> tuple[Search
 
 
 def delete_results(session: Session, candidate_id: int, *, keep_latencies: bool = False) -> None:
+    """A trial's result rows; its rungs and checkpoint are `delete_training`'s."""
     for table in (Metric, Weights) if keep_latencies else (Metric, Latency, Weights):
         session.execute(delete(table).where(table.candidate_id == candidate_id)
                         .execution_options(synchronize_session=False))
+
+
+def delete_training(session: Session, candidate_id: int, *, keep_rungs: bool = False) -> None:
+    """The checkpoint (and, unless ``keep_rungs``, the rung losses) of a candidate."""
+    for table in (Checkpoint,) if keep_rungs else (Checkpoint, Rung):
+        session.execute(delete(table).where(table.candidate_id == candidate_id)
+                        .execution_options(synchronize_session=False))
+
+
+def write_rung(session: Session, candidate_id: int, rung: RungLoss, now: Any) -> None:
+    """Insert (or replace, for a rung re-run after a crash) one rung's loss."""
+    session.execute(delete(Rung).where(Rung.candidate_id == candidate_id, Rung.rung == rung.rung)
+                    .execution_options(synchronize_session=False))
+    session.add(Rung(candidate_id=candidate_id, rung=rung.rung, tokens=rung.tokens,
+                     val_loss=rung.val_loss, seconds=rung.seconds, created_at=now))
+
+
+def rung_loss(row: Any) -> RungLoss:
+    return RungLoss(rung=row.rung, tokens=int(row.tokens), val_loss=row.val_loss,
+                    seconds=row.seconds)
 
 
 def latency_values(candidate_id: int, arch_hash: str, lat: ProfileLatency,
@@ -83,7 +106,7 @@ def profile_latency(row: Any) -> ProfileLatency:
 
 def load_candidates(session: Session, *where: ColumnElement[bool],
                      with_proxy: bool = True) -> list[CandidateRecord]:
-    """Candidates matching ``where`` with metrics, latencies and weights flags: four queries.
+    """Candidates matching ``where`` with metrics, latencies, weights flags and rungs: five queries.
 
     Core column selects on the session's connection, not ORM entities: 10,000 candidates
     would otherwise mean 10,000 identity-map entries and change tracking for nothing.
@@ -111,6 +134,12 @@ def load_candidates(session: Session, *where: ColumnElement[bool],
     with_weights = set(conn.scalars(
         select(Weights.candidate_id).join(Candidate, Candidate.id == Weights.candidate_id)
         .where(*where)))
+    rungs: dict[int, list[RungLoss]] = defaultdict(list)
+    for rung in conn.execute(
+            select(Rung.candidate_id, Rung.rung, Rung.tokens, Rung.val_loss, Rung.seconds)
+            .join(Candidate, Candidate.id == Rung.candidate_id).where(*where)
+            .order_by(Rung.candidate_id, Rung.rung)):
+        rungs[rung.candidate_id].append(rung_loss(rung))
     archs: dict[str, Architecture] = {}  # searches revisit shapes; frozen, so shareable
     records = []
     for row in rows:
@@ -123,7 +152,7 @@ def load_candidates(session: Session, *where: ColumnElement[bool],
             metrics=metrics.get(row.id, {}), latencies=tuple(latencies.get(row.id, ())),
             proxy=row.proxy or {}, timings=row.timings, node=row.node,
             started_at=row.started_at, finished_at=row.finished_at,
-            has_weights=row.id in with_weights))
+            has_weights=row.id in with_weights, rungs=tuple(rungs.get(row.id, ()))))
     return records
 
 
@@ -135,10 +164,12 @@ def search_record(row: Search) -> SearchRecord:
         status=shown_status(row.status, row.heartbeat_at), study_name=row.study_name,
         reference_point=None if row.reference_point is None else tuple(row.reference_point),
         error=row.error, created_at=row.created_at, started_at=row.started_at,
-        finished_at=row.finished_at, updated_at=row.updated_at, heartbeat_at=row.heartbeat_at)
+        finished_at=row.finished_at, updated_at=row.updated_at, heartbeat_at=row.heartbeat_at,
+        fidelity=row.fidelity)
 
 
 def snapshot_record(row: Any) -> SnapshotRecord:
     return SnapshotRecord(n_complete=row.n_complete, hypervolume=row.hypervolume,
-                          front_ids=tuple(int(i) for i in row.front), created_at=row.created_at)
+                          front_ids=tuple(int(i) for i in row.front), created_at=row.created_at,
+                          tokens=None if row.tokens is None else int(row.tokens))
 

@@ -133,6 +133,9 @@ class Search(Base):
     # Written every few seconds by a live driver (not a change readers need to redraw for);
     # a running or stopping search whose heartbeat is stale has lost its driver.
     heartbeat_at: Mapped[datetime | None]
+    # Successive-halving settings as run ({min_tokens, eta, rung_tokens}); None: one rung, the
+    # whole budget. A resumed search keeps these whatever the request says.
+    fidelity: Mapped[dict[str, Any] | None]
 
 
 class Candidate(Base):
@@ -210,6 +213,9 @@ class ParetoSnapshot(Base):
     hypervolume: Mapped[float | None] = mapped_column(Double, nullable=True)
     front: Mapped[list[Any]]  # candidate ids on the front
     created_at: Mapped[datetime]
+    # Training tokens the search had spent by then (every rung of every candidate); None in
+    # snapshots written before rungs existed.
+    tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Weights(Base):
@@ -225,5 +231,35 @@ class Weights(Base):
     created_at: Mapped[datetime]
 
 
-__all__ = ["Base", "Candidate", "Latency", "Metric", "ParetoSnapshot", "Search",
+class Rung(Base):
+    """A candidate's validation loss at one rung; ``id`` is the order of arrival at the rungs,
+    which promotion decisions depend on (`nas.fidelity.promotes`)."""
+
+    __tablename__ = "nas_rungs"
+    __table_args__ = (UniqueConstraint("candidate_id", "rung"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("nas_candidates.id", ondelete="CASCADE"))
+    rung: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    val_loss: Mapped[float] = mapped_column(nullable=True)
+    seconds: Mapped[float] = mapped_column(nullable=True)
+    created_at: Mapped[datetime]
+
+
+class Checkpoint(Base):
+    """The training state a promoted candidate continues from (weights, optimizer, data
+    position): kept only while the candidate is running, so the store stays bounded."""
+
+    __tablename__ = "nas_checkpoints"
+
+    candidate_id: Mapped[int] = mapped_column(
+        ForeignKey("nas_candidates.id", ondelete="CASCADE"), primary_key=True)
+    rung: Mapped[int] = mapped_column(Integer)  # the rung it ended
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column("bytes", LargeBinary, deferred=True)
+    created_at: Mapped[datetime]
+
+
+__all__ = ["Rung", "Checkpoint", "Base", "Candidate", "Latency", "Metric", "ParetoSnapshot", "Search",
            "Weights", "UTCDateTime", "Real", "utcnow", "SEARCH_STATUSES", "CANDIDATE_STATES"]

@@ -284,7 +284,7 @@ class TestStore:
         finally:
             event.remove(store.engine, "before_cursor_execute", record)
         assert not any("nas_weights.bytes" in s for s in statements)
-        assert len(statements) <= 6  # search lookup + four queries, however many candidates
+        assert len(statements) <= 7  # search lookup + five queries, however many candidates
 
     def test_bulk_read_of_10000_candidates(self, store, new_search):
         search_id = new_search("big").id
