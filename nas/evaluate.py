@@ -19,14 +19,14 @@ import socket
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nas.architecture import Architecture, static_metrics
 from nas.hardware import HardwareProfile
-from nas.results import CandidateResult, ProfileLatency, ProxyResult
+from nas.results import CandidateResult, ProfileLatency, ProxyResult, RungLoss
 from nas.specs import ProxyBudget
 
 if TYPE_CHECKING:
@@ -196,14 +196,29 @@ def assemble(arch: Architecture, train: TrainOutput, latencies: Sequence[Profile
         return CandidateResult(arch, "failed", metrics=static_metrics(arch), proxy=train.proxy,
                                error=train.error, timings=timings, node=train.node)
     assert train.proxy is not None  # ok implies a proxy result
-    metrics = static_metrics(arch)
+    metrics = shape_metrics(arch, latencies)
     metrics["val_loss"] = train.proxy.val_loss
     metrics["tokens_per_s"] = train.proxy.tokens_per_s
-    for latency in latencies:
-        metrics.update(latency.metrics())
     return CandidateResult(arch, "complete", metrics=metrics, proxy=train.proxy,
                            latencies=tuple(latencies), timings=timings, weights=train.weights,
                            node=train.node)
+
+
+def shape_metrics(arch: Architecture, latencies: Iterable[ProfileLatency]) -> dict[str, float]:
+    """Every metric known before training: size from the shape, latency per profile."""
+    metrics = static_metrics(arch)
+    for latency in latencies:
+        metrics.update(latency.metrics())
+    return metrics
+
+
+def pruned(arch: Architecture, train: TrainOutput, latencies: Sequence[ProfileLatency],
+           timings: dict[str, float], rung: RungLoss, reason: str) -> CandidateResult:
+    """The record of a candidate successive halving stopped at ``rung``: its shape metrics and
+    latencies, the rung's proxy result (loss, curve) and why; no weights (`nas.search.rungs`)."""
+    return CandidateResult(arch, "pruned", metrics=shape_metrics(arch, latencies), proxy=train.proxy,
+                           latencies=tuple(latencies), error=reason, timings=timings, node=train.node,
+                           rung=rung)
 
 
 def infeasible(arch: Architecture, shape: ShapeOutput | None, latencies: Sequence[ProfileLatency],
@@ -213,10 +228,8 @@ def infeasible(arch: Architecture, shape: ShapeOutput | None, latencies: Sequenc
     timings = dict(shape.timings) if shape is not None else {}
     timings["latency"] = measure_seconds
     timings["total"] = sum(timings.values())
-    metrics = static_metrics(arch)
-    for latency in latencies:
-        metrics.update(latency.metrics())
-    return CandidateResult(arch, "infeasible", metrics=metrics, latencies=tuple(latencies),
+    return CandidateResult(arch, "infeasible", metrics=shape_metrics(arch, latencies),
+                           latencies=tuple(latencies),
                            error="violates " + "; ".join(violations), timings=timings,
                            node=shape.node if shape is not None else "")
 

@@ -91,6 +91,23 @@ def existing_search(name: str = "taken", **overrides: Any) -> Callable[[Path], N
     return create
 
 
+RUNGS = {"min_tokens": 1024, "eta": 2}  # 1,024 / 2,048 / 4,096 tokens on the e2e budget
+
+
+def fidelity_search(stored: dict[str, Any] | None) -> Callable[[Path], None]:
+    """./bad.yaml: the e2e space with rungs; a search 'taken' of it in ./nas.db, stored with
+    ``stored`` as its fidelity (None: started with --no-fidelity)."""
+
+    def create(cwd: Path) -> None:
+        from nas.space import load_space
+
+        space(fidelity=RUNGS)(cwd)
+        loaded = load_space(cwd / "bad.yaml")
+        existing_search(space=loaded.to_dict(), space_hash=loaded.hash, fidelity=stored)(cwd)
+
+    return create
+
+
 def running_search(name: str) -> Callable[[Path], None]:
     """A search in ./nas.db whose driver is alive: status running, heartbeat just now."""
 
@@ -123,6 +140,16 @@ CLI: dict[str, Cli] = {
     "space-empty-choices": Cli(["search", "bad.yaml"], [space(architecture__d_model={"choices": []})]),
     "space-bare-list": Cli(["search", "bad.yaml"], [space(architecture__d_model=[16, 32])]),
     "space-bad-range": Cli(["search", "bad.yaml"], [space(architecture__n_layer={"range": [3]})]),
+    "space-fidelity-eta": Cli(["search", "bad.yaml"], [space(fidelity={"min_tokens": 1024, "eta": 1})]),
+    "space-fidelity-min-tokens": Cli(["search", "bad.yaml"],
+                                     [space(fidelity={"min_tokens": 4096, "eta": 2})]),
+    "space-fidelity-below-batch": Cli(["search", "bad.yaml"],
+                                      [space(fidelity={"min_tokens": 100, "eta": 2})]),
+    "resume-no-fidelity": Cli(
+        ["search", "bad.yaml", "--name", "taken", "--profiles", str(PROFILE), "--no-fidelity"],
+        [fidelity_search({**RUNGS, "rung_tokens": [1024, 2048, 4096]})]),
+    "resume-with-fidelity": Cli(["search", "bad.yaml", "--name", "taken", "--profiles", str(PROFILE)],
+                                [fidelity_search(None)]),
     "space-unknown-metric": Cli(["search", "bad.yaml"], [space(objectives={"speed": "min"})]),
     "space-not-yaml": Cli(["search", "bad.yaml"], [text_file("bad.yaml", "objectives: [val_loss\n")]),
     "space-unknown-name": Cli(["search", "nope"]),

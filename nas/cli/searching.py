@@ -48,6 +48,9 @@ def search(
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="GPUs per training task."),
     max_retries: int = typer.Option(2, "--max-retries", min=0, help="Re-runs of a trial whose worker died."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress display."),
+    no_fidelity: bool = typer.Option(False, "--no-fidelity", help="Give every candidate the whole "
+                                     "token budget, ignoring the space's fidelity (successive "
+                                     "halving) block. A resumed search keeps how it was started."),
 ) -> None:
     """Search a space for the Pareto front of quality vs latency vs size.
 
@@ -75,12 +78,13 @@ def search(
                             trials=trials or loaded.trials, db_url=db_url(db), data=data_spec,
                             workers=workers, ray_address=ray_address, train_threads=threads,
                             gpus_per_trial=gpus_per_trial, max_retries=max_retries,
-                            timing=timing.value)
+                            timing=timing.value, no_fidelity=no_fidelity)
     store = Store(request.db_url)
     common.console.print(f"search [bold]{escape(request.name)}[/]: space {escape(loaded.name)} "
                   f"({escape(str(loaded.source))}), {request.trials} trials, profiles "
                   f"{', '.join(p.name for p in chosen)}, db {escape(store.describe_url())}",
                   highlight=False)
+    common.console.print(_rungs_line(request), highlight=False)
     for note in (request.trials_note(), request.oversubscription()):
         if note:
             common.console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
@@ -93,10 +97,12 @@ def search(
     _print_front(store, request.name)
     common.console.print(f"\nsearch {escape(outcome.name)} {outcome.status} in {outcome.seconds:.0f}s: "
                   f"{outcome.n_complete} complete, {outcome.n_failed} failed"
-                  f"{f', {outcome.n_infeasible} infeasible' if outcome.n_infeasible else ''}, front of "
-                  f"{len(outcome.front)}.", highlight=False)
+                  f"{f', {outcome.n_infeasible} infeasible' if outcome.n_infeasible else ''}"
+                  f"{f', {outcome.n_pruned} pruned' if outcome.n_pruned else ''}, front of "
+                  f"{len(outcome.front)}; {outcome.tokens:,} training tokens.", highlight=False)
     if outcome.status == "stopped":
-        common.console.print(f"Resume with: [bold]{escape(_resume_command(space, outcome.name, db))}[/]",
+        command = _resume_command(space, outcome.name, db) + (" --no-fidelity" if no_fidelity else "")
+        common.console.print(f"Resume with: [bold]{escape(command)}[/]",
                       highlight=False, soft_wrap=True)
     # soft_wrap: a terminal may wrap these lines, Rich never breaks a command or URL itself.
     common.console.print(f"Browse it:   [bold]nas serve{escape(_db_flag(db))}[/] then open "
@@ -107,10 +113,22 @@ def search(
         raise typer.Exit(EXIT_STOPPED)
 
 
+def _rungs_line(request: Any) -> str:
+    """How candidates are trained: rung by rung (successive halving) or each to the whole budget."""
+    from nas.fidelity import rung_tokens
+
+    fidelity, budget = request.fidelity, request.space.budget
+    if fidelity is None:
+        return f"training: every candidate to the whole budget ({rung_tokens(None, budget)[0]:,} tokens)"
+    rungs = " / ".join(f"{t:,}" for t in rung_tokens(fidelity, budget))
+    return (f"training: successive halving, rungs at {rungs} tokens; the top 1/{fidelity.eta} "
+            "at each rung go on (--no-fidelity: the whole budget for every candidate)")
+
+
 def _resume_line(store: Any, request: Any) -> str | None:
     """What a run of an existing search will do, said before it starts (None for a new one).
 
-    Done counts distinct architectures that are complete, failed or infeasible, as the driver
+    Done counts distinct architectures that are complete, failed, infeasible or pruned, as the driver
     counts its budget (`SearchRequest.effective_trials`). A stored search of another space is
     left to the driver, which refuses it with the reason.
     """
@@ -118,7 +136,8 @@ def _resume_line(store: Any, request: Any) -> str | None:
     if existing is None or existing.space_hash != request.space.hash:
         return None
     done = len({c.arch_hash for c in store.candidates(request.name,
-                                                      states=["complete", "failed", "infeasible"],
+                                                      states=["complete", "failed", "infeasible",
+                                                              "pruned"],
                                                       with_proxy=False)})
     budget = request.effective_trials
     if done >= budget:

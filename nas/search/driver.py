@@ -25,19 +25,18 @@ import contextlib
 import dataclasses
 import logging
 import math
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from types import FrameType
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nas.architecture import Architecture, static_metrics
 from nas.errors import ConfigError, SearchError
-from nas.fronts import first_of_each_architecture
-from nas.results import CandidateResult, ProfileLatency, RungLoss
+from nas.evaluate import assemble, infeasible, pruned, shape_metrics
+from nas.results import CandidateResult, RungLoss
 from nas.search.executor import RayExecutor, ray_error
-from nas.search.heartbeat import heartbeat
+from nas.search.front import refresh_front
+from nas.search.heartbeat import heartbeat, stop_on_signals
 from nas.search.inflight import InFlight
 from nas.search.request import Progress, SearchOutcome, SearchRequest
 from nas.search.rungs import RungLadder
@@ -104,7 +103,7 @@ class SearchDriver:
             cleanup.callback(self.executor.shutdown)  # the one place Ray is shut down
             self.executor.start()
             self._open_search(existing)
-            cleanup.enter_context(self._stop_on_signals())
+            cleanup.enter_context(stop_on_signals(self.stop_event, self.progress))
             try:
                 self._study = SearchStudy.open(self.space, self.store, self.name)
                 self.store.set_status(self.name, "running")
@@ -148,26 +147,13 @@ class SearchDriver:
     # ----- before anything is written ------------------------------------------------------
     def _check_inputs(self) -> SearchRecord | None:
         """The stored search of this name if this request may resume it; reads only."""
-        req, space = self.request, self.space
-        space.check_profiles(req.profiles)  # also for a request not built by resolve_profiles
-        existing = self.store.find_search(req.name)
+        self.space.check_profiles(self.request.profiles)  # also for a request not built by resolve_profiles
+        existing = self.store.find_search(self.request.name)
         if existing is None:
             return None
-        if existing.space_hash != space.hash:
-            raise SearchError(
-                f"search {req.name!r} already exists with a different search space "
-                f"(stored space hash {existing.space_hash}, given {space.hash}); "
-                "use another --name, or the same space to resume it")
-        stored_profiles = sorted(p.get("name", "") for p in existing.profiles)
-        if stored_profiles != sorted(p.name for p in req.profiles):
-            raise SearchError(
-                f"search {req.name!r} already exists with profiles {stored_profiles}; "
-                f"resume it with the same profiles or use another --name")
-        if existing.data != req.data_spec.to_dict():
-            raise SearchError(f"search {req.name!r} already exists with data {existing.data}; "
-                              "resume it with the same data or use another --name")
-        if existing.fidelity != self.ladder.to_dict():
-            raise SearchError(_fidelity_mismatch(req.name, existing.fidelity))
+        refusal = self.request.resume_refusal(existing)
+        if refusal:
+            raise SearchError(refusal)
         self._load_finished()
         return existing
 
@@ -204,13 +190,13 @@ class SearchDriver:
             objectives=list(zip(space.objective_names(), space.directions())),
             constraints=list(space.constraint_texts()), data=req.data_spec.to_dict(),
             budget=space.budget.to_dict(), trials=req.effective_trials, study_name=study_name(req.name),
-            fidelity=self.ladder.to_dict())
+            fidelity=req.fidelity_record)
 
     def _load_finished(self) -> None:
         """The finished results (what repeats are told) and every rung arrival, as stored."""
         records = self.store.candidates(self.name, with_proxy=False)
         self.ladder.replay(self.store.rung_arrivals(self.name),
-                           {r.trial_number: _shape_metrics(r.architecture, r.latencies) for r in records})
+                           {r.trial_number: shape_metrics(r.architecture, r.latencies) for r in records})
         for record in sorted(records, key=lambda r: r.trial_number):
             if record.state == "running":
                 continue
@@ -223,26 +209,6 @@ class SearchDriver:
         return {r.trial_number: r for r in self.store.candidates(self.name, with_proxy=False)}
 
     # ----- stopping ----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """First Ctrl-C (or SIGTERM) stops cleanly after the current writes; a second one aborts."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be set in the main thread (the service's launcher)
-            return
-
-        def handler(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-            if self.stop_event.is_set():
-                raise KeyboardInterrupt
-            self.stop_event.set()
-            self.progress.message = "stopping: waiting for nothing, cancelling running trials"
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, prev in previous.items():
-                signal.signal(sig, prev)
-
     def _poll_stop_request(self) -> None:
         """`nas serve` asks a search to stop by setting its status to 'stopping' in the store."""
         now = time.monotonic()
@@ -417,12 +383,10 @@ class SearchDriver:
         violator is stored infeasible and never trained; a feasible candidate trains next."""
         if entry.measure_refs:
             return
-        from nas.evaluate import infeasible
-
         if entry.measure_started:
             entry.measure_seconds = time.perf_counter() - entry.measure_started
         latencies = [entry.latencies[p.name] for p in self.request.profiles]
-        metrics = _shape_metrics(entry.arch, latencies)
+        metrics = shape_metrics(entry.arch, latencies)
         violations = self.space.shape_violations(metrics)
         if violations:
             self._finish(entry, infeasible(entry.arch, entry.shape, latencies, entry.measure_seconds,
@@ -450,13 +414,11 @@ class SearchDriver:
         if train.checkpoint is None:  # the last rung (or a timeout, which cannot go on)
             self._complete(entry, rung)
             return
-        metrics = _shape_metrics(entry.arch, entry.latencies.values())
-        decision = self.ladder.decide(entry.number, rung, metrics)
+        latencies = [entry.latencies[p.name] for p in self.request.profiles]
+        decision = self.ladder.decide(entry.number, rung, shape_metrics(entry.arch, latencies))
         if not decision.promoted:
-            self._finish(entry, CandidateResult(
-                entry.arch, "pruned", metrics=metrics, proxy=train.proxy, error=decision.reason,
-                latencies=tuple(entry.latencies.values()), timings=self._timings(entry),
-                node=train.node, rung=rung))
+            self._finish(entry, pruned(entry.arch, train, latencies, self._timings(entry), rung,
+                                       decision.reason))
             return
         self.store.record_rung(self.name, entry.number, rung, train.checkpoint)
         entry.rung += 1
@@ -471,8 +433,6 @@ class SearchDriver:
         return timings
 
     def _complete(self, entry: InFlight, rung: RungLoss) -> None:
-        from nas.evaluate import assemble
-
         assert entry.train is not None
         latencies = [entry.latencies[p.name] for p in self.request.profiles]
         result = assemble(entry.arch, entry.train, latencies, entry.measure_seconds, shape=entry.shape)
@@ -519,38 +479,8 @@ class SearchDriver:
 
     # ----- the front and progress --------------------------------------------------------------
     def _refresh_front(self, *, snapshot: bool = False, with_proxy: bool = False) -> FrontAnalysis:
-        """The front as every reader computes it (`nas.fronts.analyze`), for the progress display,
-        the Pareto snapshot after each complete trial, and the outcome."""
-        from nas.fronts import analyze
-
-        records = self.store.candidates(self.name, with_proxy=with_proxy)
-        search = self.store.get_search(self.name)
-        analysis = analyze(search, records)
-        if search.reference_point is None and self._write_reference_point(analysis):
-            search = self.store.get_search(self.name)
-            analysis = analyze(search, records)
-        self.progress.front = len(analysis.front)
-        self.progress.tokens = sum(r.tokens for r in records)
-        self.progress.hypervolume = analysis.hypervolume if search.reference_point is not None else None
-        if snapshot:
-            self.store.add_pareto_snapshot(
-                self.name, n_complete=len(first_of_each_architecture(analysis.complete)),
-                hypervolume=self.progress.hypervolume,
-                front_ids=[r.id for r, on in zip(analysis.complete, analysis.on_front) if on],
-                tokens=self.progress.tokens)
-        return analysis
-
-    def _write_reference_point(self, analysis: FrontAnalysis) -> bool:
-        """Fix the search's hypervolume reference once enough feasible results exist (3, or the
-        whole budget if smaller), so hypervolumes over time compare; True when written."""
-        from nas import pareto
-
-        feasible = [i for i in first_of_each_architecture(analysis.complete) if analysis.feasible[i]]
-        if not feasible or len(feasible) < min(3, self.request.effective_trials):
-            return False
-        reference = pareto.reference_point(analysis.values[feasible], analysis.directions)
-        self.store.update_search(self.name, reference_point=[float(x) for x in reference])
-        return True
+        return refresh_front(self.store, self.name, self.progress, self.request.effective_trials,
+                             snapshot=snapshot, with_proxy=with_proxy)
 
     def _count_progress(self) -> None:
         self.progress.done = len(self.finished)
@@ -561,23 +491,6 @@ class SearchDriver:
     def _report(self) -> None:
         self.progress.running = len(self.inflight)
         self.on_progress(self.progress)
-
-
-def _shape_metrics(arch: Architecture, latencies: Iterable[ProfileLatency]) -> dict[str, float]:
-    """Every metric known before training: size from the shape, latency per profile."""
-    metrics = static_metrics(arch)
-    for latency in latencies:
-        metrics.update(latency.metrics())
-    return metrics
-
-
-def _fidelity_mismatch(name: str, stored: dict[str, Any] | None) -> str:
-    if stored is None:
-        return (f"search {name!r} was started without rungs (--no-fidelity, or a space without "
-                "fidelity) and resumes only that way: add --no-fidelity, or use another --name")
-    return (f"search {name!r} was started with successive halving (rungs at "
-            f"{', '.join(f'{t:,}' for t in stored['rung_tokens'])} tokens, eta {stored['eta']}) and "
-            "resumes only under those settings: drop --no-fidelity, or use another --name")
 
 
 def _finite(value: Any) -> bool:

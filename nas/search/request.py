@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 from nas.architecture import Architecture
 from nas.errors import ConfigError
-from nas.fidelity import Fidelity
+from nas.fidelity import Fidelity, rung_tokens
 from nas.hardware import HardwareProfile
 from nas.space import SearchSpace
 from nas.specs import DataSpec
 
 if TYPE_CHECKING:
-    from nas.store import CandidateRecord
+    from nas.store import CandidateRecord, SearchRecord
 
 TIMING_POLICIES = ("exclusive", "overlap")
 
@@ -52,6 +52,37 @@ class SearchRequest:
     def fidelity(self) -> Fidelity | None:
         """The successive-halving rungs this run asks for (None: one rung, the whole budget)."""
         return None if self.no_fidelity else self.space.fidelity
+
+    @property
+    def fidelity_record(self) -> dict[str, object] | None:
+        """What the search row keeps of the rungs; a resume must ask for the same."""
+        if self.fidelity is None:
+            return None
+        return {**self.fidelity.to_dict(), "rung_tokens": list(rung_tokens(self.fidelity, self.space.budget))}
+
+    def resume_refusal(self, existing: SearchRecord) -> str | None:
+        """Why this request may not resume the stored search of its name, or None."""
+        name = self.name
+        if existing.space_hash != self.space.hash:
+            return (f"search {name!r} already exists with a different search space "
+                    f"(stored space hash {existing.space_hash}, given {self.space.hash}); "
+                    "use another --name, or the same space to resume it")
+        stored_profiles = sorted(p.get("name", "") for p in existing.profiles)
+        if stored_profiles != sorted(p.name for p in self.profiles):
+            return (f"search {name!r} already exists with profiles {stored_profiles}; "
+                    f"resume it with the same profiles or use another --name")
+        if existing.data != self.data_spec.to_dict():
+            return (f"search {name!r} already exists with data {existing.data}; "
+                    "resume it with the same data or use another --name")
+        stored = existing.fidelity
+        if stored == self.fidelity_record:
+            return None
+        if stored is None:
+            return (f"search {name!r} was started without rungs (--no-fidelity, or a space without "
+                    "fidelity) and resumes only that way: add --no-fidelity, or use another --name")
+        return (f"search {name!r} was started with successive halving (rungs at "
+                f"{', '.join(f'{t:,}' for t in stored['rung_tokens'])} tokens, eta {stored['eta']}) "
+                "and resumes only under those settings: drop --no-fidelity, or use another --name")
 
     @property
     def data_spec(self) -> DataSpec:

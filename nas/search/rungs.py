@@ -34,12 +34,6 @@ class RungLadder:
         self.tokens = tuple(s * per_step for s in self.steps)
         self._arrived: dict[int, list[tuple[int, list[float]]]] = defaultdict(list)
 
-    def to_dict(self) -> dict[str, object] | None:
-        """What the search row keeps (`Store.create_search`), or None for one rung."""
-        if self.fidelity is None:
-            return None
-        return {**self.fidelity.to_dict(), "rung_tokens": list(self.tokens)}
-
     def is_last(self, rung: int) -> bool:
         return rung >= len(self.steps) - 1
 
