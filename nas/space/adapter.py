@@ -90,7 +90,8 @@ def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers
 
     ``tpe``: multivariate TPE with ``group=True`` (conditional parameters are modelled per
     group of co-occurring names) and constant liar (parallel asks avoid each other).
-    ``nsga2``: NSGA-II. ``random``: uniform. None is given a ``constraints_func``: in Optuna 5
+    ``nsga2``: NSGA-II. ``gp``: Gaussian-process Bayesian optimisation (LogEHVI for several
+    objectives, constraint-aware). ``random``: uniform. None is given a ``constraints_func``: in Optuna 5
     every sampler reads the constraints the driver recorded on each trial.
     """
     import optuna
@@ -106,4 +107,7 @@ def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers
                                               **options)
         if space.sampler.name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, **options)
+        if space.sampler.name == "gp":
+            # A categorical the GP cannot model falls back to random sampling; that is expected.
+            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False, **options)
     return optuna.samplers.RandomSampler(seed=seed)

@@ -67,7 +67,7 @@ class SamplerSpec:
     """Which Optuna sampler and its options (defaults resolved at load, see
     `nas.space.parse`)."""
 
-    name: Literal["tpe", "nsga2", "random"] = "tpe"
+    name: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     options: tuple[tuple[str, Any], ...] = ()
 
     def to_yaml(self) -> dict[str, Any]:

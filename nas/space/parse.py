@@ -60,6 +60,8 @@ _SAMPLER_OPTIONS: dict[str, dict[str, Callable[[Any], bool]]] = {
               "mutation_prob": lambda v: v is None or (_is_num(v) and 0 <= v <= 1),
               "crossover_prob": lambda v: _is_num(v) and 0 <= v <= 1,
               "swapping_prob": lambda v: _is_num(v) and 0 <= v <= 1},
+    "gp": {"n_startup_trials": lambda v: _is_int(v) and v >= 0,
+           "deterministic_objective": lambda v: isinstance(v, bool)},
     "random": {},
 }
 
@@ -160,7 +162,7 @@ def _parse_sampler(value: Any, trials: int, err: _Err) -> SamplerSpec:
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, Mapping):
-        raise err("sampler", value, "must be 'tpe', 'nsga2', 'random' or {name: ..., options}")
+        raise err("sampler", value, "must be 'tpe', 'nsga2', 'gp', 'random' or {name: ..., options}")
     name = value.get("name", "tpe")
     if name not in _SAMPLER_OPTIONS:
         raise err("sampler.name", name, f"must be one of {', '.join(_SAMPLER_OPTIONS)}")
@@ -175,7 +177,7 @@ def _parse_sampler(value: Any, trials: int, err: _Err) -> SamplerSpec:
             raise err(f"sampler.{key}", option, f"is not a valid {key} for {name}")
         options[key] = option
     # Optuna's defaults assume hundreds of trials; scale the warm-up to this space's budget.
-    if name == "tpe":
+    if name in ("tpe", "gp"):
         options.setdefault("n_startup_trials", min(10, max(4, trials // 3)))
     elif name == "nsga2":
         options.setdefault("population_size", min(50, max(4, trials // 4)))
