@@ -3,15 +3,17 @@
 `analyze` is the one place that turns stored records into a front, so ``nas show``,
 ``nas pareto``, ``nas serve`` and ``nas report`` can never disagree about which candidates
 are on it. It takes records, not a store (`load_front` is the one-line convenience), and
-imports no torch.
+imports no torch. `rung_counts` and `tokens_spent` are the successive-halving side of the same
+records: how many candidates reached each rung, how many stopped there, and what it all cost.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -61,6 +63,57 @@ class FrontAnalysis:
     @property
     def front_ids(self) -> frozenset[int]:
         return frozenset(r.id for r in self.front)
+
+    @property
+    def pruned(self) -> tuple[CandidateRecord, ...]:
+        """Candidates successive halving stopped at a rung: kept with their rung losses, never ranked."""
+        return tuple(r for r in self.candidates if r.state == "pruned")
+
+    def rung_counts(self) -> tuple[RungCount, ...]:
+        return rung_counts(self.search, self.candidates)
+
+    def tokens_spent(self) -> int | None:
+        return tokens_spent(self.candidates)
+
+
+class RungCount(NamedTuple):
+    """One rung of a search: its size and how many candidates got there and stopped there."""
+
+    rung: int  # 0 = the first (smallest) rung; people read rung + 1 ("rung 1 of 3")
+    tokens: int  # training tokens a candidate has seen at the end of this rung
+    reached: int  # candidates whose loss at this rung is stored (running ones included)
+    pruned: int  # of those, the ones successive halving stopped here
+
+    @property
+    def went_on(self) -> int:
+        """Reached it and were not stopped here: promoted (or, at the last rung, complete;
+        a candidate training the next rung counts as gone on)."""
+        return self.reached - self.pruned
+
+
+def rung_counts(search: SearchRecord, records: Sequence[CandidateRecord]) -> tuple[RungCount, ...]:
+    """Per rung of ``search`` (one rung, the whole budget, without fidelity): how many of
+    ``records`` reached it and how many were pruned there (a pruned candidate's last rung)."""
+    reached: Counter[int] = Counter()
+    pruned: Counter[int] = Counter()
+    for r in records:
+        reached.update(x.rung for x in r.rungs)
+        if r.state == "pruned" and r.rungs:
+            pruned[r.rungs[-1].rung] += 1
+    planned = search.rung_tokens
+    seen = {x.rung: x.tokens for r in records for x in r.rungs}
+    n = max(len(planned), max(reached, default=-1) + 1)
+    return tuple(RungCount(k, planned[k] if k < len(planned) else seen[k], reached[k], pruned[k])
+                 for k in range(n))
+
+
+def tokens_spent(records: Sequence[CandidateRecord]) -> int | None:
+    """Training tokens spent on ``records``: every rung of every candidate, as the driver counts
+    them for its snapshots (`CandidateRecord.tokens`). None when that is not known: a complete
+    candidate stored before rungs were (its tokens are only in the proxy result readers skip)."""
+    if any(r.state == "complete" and not r.tokens for r in records):
+        return None
+    return sum(r.tokens for r in records)
 
 
 def analyze(search: SearchRecord, records: Sequence[CandidateRecord]) -> FrontAnalysis:

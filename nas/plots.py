@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
     from nas.fronts import FrontAnalysis
+    from nas.results import RungLoss
     from nas.store import CandidateRecord, SnapshotRecord
 
 FRONT_COLOR = "#2563eb"
@@ -218,6 +220,13 @@ class HypervolumeData(NamedTuple):
     hypervolume: list[float]
     front_size: list[int]
     times: list[str]  # when each snapshot was taken, as `nas.dates.format_when` writes it
+    # x, the other way: training tokens spent by then (None in snapshots older than rungs)
+    tokens: Sequence[int | None] = ()
+    created_at: Sequence[datetime] = ()
+
+    @property
+    def has_tokens(self) -> bool:
+        return any(t is not None for t in self.tokens)
 
 
 def hypervolume_data(snapshots: Sequence[SnapshotRecord], analysis: FrontAnalysis) -> HypervolumeData:
@@ -228,31 +237,46 @@ def hypervolume_data(snapshots: Sequence[SnapshotRecord], analysis: FrontAnalysi
     the curve starts at the first candidate instead of jumping in later.
     """
     by_id = {r.id: i for i, r in enumerate(analysis.complete)}
-    out = HypervolumeData([], [], [], [])
+    kept: list[tuple[SnapshotRecord, float]] = []
     for snap in snapshots:
         hv = snap.hypervolume
         if hv is None and analysis.reference is not None:
             rows = [by_id[i] for i in snap.front_ids if i in by_id]
             hv = pareto.hypervolume(analysis.values[rows] if rows else [], analysis.objectives,
                                     analysis.reference)
-        if hv is None:
-            continue
-        out.n_complete.append(snap.n_complete)
-        out.hypervolume.append(float(hv))
-        out.front_size.append(len(snap.front_ids))
-        out.times.append(format_when(snap.created_at))
-    return out
+        if hv is not None:
+            kept.append((snap, float(hv)))
+    return HypervolumeData([s.n_complete for s, _ in kept], [hv for _, hv in kept],
+                           [len(s.front_ids) for s, _ in kept], [format_when(s.created_at) for s, _ in kept],
+                           [s.tokens for s, _ in kept], [s.created_at for s, _ in kept])
+
+
+_HV_TAIL = "<br>hypervolume %{y:.4g}<br>front of %{customdata[0]}<br>%{customdata[1]}<extra></extra>"
+_HV_X = {"candidates": ("complete candidates", "after %{x} candidates" + _HV_TAIL),  # (title, hover)
+         "tokens": ("training tokens spent", "after %{x:,} training tokens" + _HV_TAIL)}
 
 
 def hypervolume_spec(data: HypervolumeData) -> dict[str, Any]:
+    """Hypervolume against complete candidates; where the snapshots know the training tokens
+    spent, two buttons redraw it against those (what successive halving saves)."""
     trace = {"type": "scatter", "x": data.n_complete, "y": data.hypervolume,
              "mode": "lines+markers", "line": {"shape": "hv", "color": FRONT_COLOR},
              "marker": {"size": 5}, "customdata": [list(p) for p in zip(data.front_size, data.times)],
-             "hovertemplate": ("after %{x} candidates<br>hypervolume %{y:.4g}<br>front of "
-                               "%{customdata[0]}<br>%{customdata[1]}<extra></extra>")}
-    return figure_spec([trace], {"height": 300, "showlegend": False,
-                             "xaxis": {"title": {"text": "complete candidates"}, "rangemode": "tozero"},
-                             "yaxis": {"title": {"text": "hypervolume"}}})
+             "hovertemplate": _HV_X["candidates"][1]}
+    layout: dict[str, Any] = {"height": 300, "showlegend": False,
+                              "xaxis": {"title": {"text": _HV_X["candidates"][0]}, "rangemode": "tozero"},
+                              "yaxis": {"title": {"text": "hypervolume"}}}
+    if data.has_tokens:
+        xs = {"candidates": data.n_complete, "tokens": list(data.tokens)}
+        layout["margin"] = {**_LAYOUT["margin"], "t": 40}
+        layout["updatemenus"] = [{
+            # Top left, clear of Plotly's modebar (top right).
+            "type": "buttons", "direction": "right", "showactive": True, "active": 0, "x": 0,
+            "xanchor": "left", "y": 1.02, "yanchor": "bottom", "pad": {"r": 0, "t": 0}, "font": {"size": 11},
+            "buttons": [{"label": f"x: {title}", "method": "update", "name": x,
+                         "args": [{"x": [xs[x]], "hovertemplate": [hover]}, {"xaxis.title.text": title}]}
+                        for x, (title, hover) in _HV_X.items()]}]
+    return figure_spec([trace], layout)
 
 
 # ----- parallel coordinates ----------------------------------------------------------------
@@ -366,22 +390,34 @@ class LossCurve(NamedTuple):
     loss: list[float]  # training loss (non-finite points dropped)
     val_loss: float | None  # final validation loss, if finite
     status: str  # the proxy run's status: ok | diverged | timeout
+    rung_tokens: Sequence[int] = ()  # successive halving: the validation loss at each rung's end
+    rung_loss: Sequence[float] = ()
 
 
-def loss_curve_data(proxy: Mapping[str, Any]) -> LossCurve:
-    """The proxy run's training curve from a candidate's stored ``proxy`` dict ({} if none)."""
+def loss_curve_data(proxy: Mapping[str, Any], rungs: Sequence[RungLoss] = ()) -> LossCurve:
+    """The proxy run's training curve from a candidate's stored ``proxy`` dict ({} if none),
+    and its validation loss at the end of every rung it reached (finite ones)."""
     curve = [(int(t), float(v)) for t, v in proxy.get("curve", ()) if math.isfinite(float(v))]
     val = proxy.get("val_loss")
+    at_rungs = [(r.tokens, float(r.val_loss)) for r in rungs
+                if r.val_loss is not None and math.isfinite(r.val_loss)]
     return LossCurve([t for t, _ in curve], [v for _, v in curve],
                      float(val) if isinstance(val, (int, float)) and math.isfinite(val) else None,
-                     str(proxy.get("status", "")))
+                     str(proxy.get("status", "")), tuple(t for t, _ in at_rungs),
+                     tuple(v for _, v in at_rungs))
 
 
 def loss_curve_spec(data: LossCurve) -> dict[str, Any]:
-    trace = {"type": "scatter", "x": data.tokens, "y": data.loss, "mode": "lines",
-             "name": "training loss", "line": {"color": FRONT_COLOR},
-             "hovertemplate": "%{x:,} tokens<br>loss %{y:.4f}<extra></extra>"}
-    layout: dict[str, Any] = {"height": 300, "showlegend": False,
+    traces = [{"type": "scatter", "x": data.tokens, "y": data.loss, "mode": "lines",
+               "name": "training loss", "meta": "train", "line": {"color": FRONT_COLOR},
+               "hovertemplate": "%{x:,} tokens<br>loss %{y:.4f}<extra></extra>"}]
+    if data.rung_tokens:
+        traces.append({"type": "scatter", "x": list(data.rung_tokens), "y": list(data.rung_loss),
+                       "mode": "lines+markers", "name": "validation loss at each rung", "meta": "rungs",
+                       "line": {"color": INFEASIBLE_COLOR, "width": 1.5}, "marker": {"size": 8},
+                       "hovertemplate": "rung end, %{x:,} tokens<br>val_loss %{y:.4f}<extra></extra>"})
+    layout: dict[str, Any] = {"height": 300, "showlegend": len(traces) > 1,
+                              "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
                               "xaxis": {"title": {"text": "training tokens"}},
                               "yaxis": {"title": {"text": "loss (nats/token)"}}}
     if data.val_loss is not None:
@@ -391,7 +427,7 @@ def loss_curve_spec(data: LossCurve) -> dict[str, Any]:
         layout["annotations"] = [{"xref": "paper", "x": 1, "xanchor": "right", "yref": "y",
                                   "y": data.val_loss, "yanchor": "bottom", "showarrow": False,
                                   "text": f"validation {data.val_loss:.4f}"}]
-    return figure_spec([trace], layout)
+    return figure_spec(traces, layout)
 
 
 # ----- thumbnail (an inline SVG: a list of searches draws one per row, no Plotly needed) ------

@@ -2,7 +2,8 @@
 
 The search page of ``nas serve`` rendered with its data embedded: the same template,
 figures (`nas.plots`), table and script, plus plotly.js inline. Nothing is fetched when it
-opens: no server, no network. Clicking a point finds the candidate in the table.
+opens: no server, no network. Clicking a point finds the candidate in the table; a search
+with rungs shows their counts, and its hypervolume can be drawn against training tokens.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ def render_report(store: Store, name: str) -> str:
     axes = list(plots.default_axes(analysis.metrics))
     first = analysis.metrics[:MAX_PAIR_OBJECTIVES]
     pairs = [(x, y) for x, y in plots.objective_pairs(analysis) if x in first and y in first]
-    figures = view.figures(axes, parts=("pareto3d", "hypervolume", "parallel"))
+    figures = view.figures(axes, parts=("pareto3d", "hypervolume", "parallel", "rungs"))
     figures["pareto"] = {f"{x}|{y}": view.pareto_figure((x, y)) for x, y in pairs}
     data = {"figures": figures, "candidates": view.rows()}
     return environment().get_template("search.html").render(
-        offline=True, token_required=False, name=name, search=search_out(view.summary, view.search),
+        offline=True, token_required=False, name=name,
+        search={**search_out(view.summary, view.search), **view.rung_summary()},
         axes=axes, data=data, api_base="", plotly_js=get_plotlyjs(),
         written=datetime.now(timezone.utc))
 

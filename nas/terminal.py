@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import typer
@@ -50,13 +50,11 @@ def table(console: Console, *columns: str, title: str | None = None,
 
 def searches_table(console: Console, searches: list[Any]) -> Table:
     """`nas ls`: one row per `SearchSummary`."""
-    grid = table(console, "name", "status", "done", "failed", "infeasible", "running", "trials", "front",
-                 "hypervolume", "created",
-                 right=("done", "failed", "infeasible", "running", "trials", "front", "hypervolume"))
+    counts = ("done", "failed", "pruned", "infeasible", "running", "trials", "front")
+    grid = table(console, "name", "status", *counts, "hypervolume", "created", right=(*counts, "hypervolume"))
     for s in searches:
-        grid.add_row(s.name, s.status, str(s.n_complete), str(s.n_failed), str(s.n_infeasible),
-                     str(s.n_running),
-                     str(s.trials), str(s.front_size),
+        grid.add_row(s.name, s.status, str(s.n_complete), str(s.n_failed), str(s.n_pruned),
+                     str(s.n_infeasible), str(s.n_running), str(s.trials), str(s.front_size),
                      f"{s.hypervolume:.4g}" if s.hypervolume is not None else "-",
                      f"{s.created_at:%Y-%m-%d %H:%M}")
     return grid
@@ -86,29 +84,89 @@ def front_table(console: Console, analysis: Any) -> Table:
     return grid
 
 
-def trials_table(console: Console, analysis: Any) -> Table:
+def trials_table(console: Console, analysis: Any, states: Sequence[str] = ()) -> Table:
     """`nas show --all`: every trial with where it stands (front, knee, dominated, infeasible)
-    or its state (failed, running, pruned, infeasible: never trained, the error says which
-    constraint its shape step broke) and error."""
+    or its state (failed, running, pruned: stopped at a rung, the error says which and why;
+    infeasible: never trained, the error says which constraint its shape step broke) and
+    error. ``states`` (`nas show --state`) keeps the trials in those stored states only."""
     objectives = analysis.metrics[:4]
+    rungs = bool(analysis.search.fidelity)
+    shown = [r for r in analysis.candidates if not states or r.state in states]
+    which = f" in state {', '.join(states)}" if states else ""
+    grid = table(console, "trial", "state", "architecture", "params", *objectives,
+                 *(("tokens",) if rungs else ()), "error",
+                 title=f"Trials of {escape(analysis.search.name)}{which} ({len(shown)}"
+                       f"{f' of {len(analysis.candidates)}' if states else ''}; "
+                       f"{len(analysis.front)} on the front)",
+                 right=("trial", "params", *objectives, "tokens"))
     where = {r.id: i for i, r in enumerate(analysis.complete)}
-    grid = table(console, "trial", "state", "architecture", "params", *objectives, "error",
-                 title=f"Trials of {escape(analysis.search.name)} ({len(analysis.candidates)}; "
-                       f"{len(analysis.front)} on the front)", right=("trial", "params", *objectives))
-    for r in analysis.candidates:
-        i = where.get(r.id)
-        if i is None:
-            state = r.state
-        elif analysis.on_front[i]:
-            state = "front (knee)" if r.id == analysis.knee_id else "front"
-        elif r.id not in analysis.front_ids and _repeat(analysis, r):
-            state = "repeat"
-        else:
-            state = "dominated" if analysis.feasible[i] else "infeasible"
+    for r in shown:
         values = [f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in objectives]
-        grid.add_row(str(r.trial_number), state, r.architecture.describe(),
-                     f"{r.architecture.n_params:,}", *values, r.error)
+        grid.add_row(str(r.trial_number), standing(analysis, r, where), r.architecture.describe(),
+                     f"{r.architecture.n_params:,}", *values, *((f"{r.tokens:,}",) if rungs else ()),
+                     r.error)
     return grid
+
+
+def standing(analysis: Any, record: Any, where: dict[int, int] | None = None) -> str:
+    """Where a trial stands: front (knee), dominated, repeat, infeasible, or its stored state.
+    ``where``: candidate id -> its index in ``analysis.complete`` (for many calls)."""
+    if where is None:
+        where = {r.id: i for i, r in enumerate(analysis.complete)}
+    i = where.get(record.id)
+    if i is None:
+        return record.state
+    if analysis.on_front[i]:
+        return "front (knee)" if record.id == analysis.knee_id else "front"
+    if record.id not in analysis.front_ids and _repeat(analysis, record):
+        return "repeat"
+    return "dominated" if analysis.feasible[i] else "infeasible"
+
+
+def rungs_table(console: Console, analysis: Any) -> Table:
+    """`nas show` of a search with successive halving: per rung, its tokens, how many
+    candidates reached it, were pruned there and went on; the tokens spent in the caption."""
+    counts = analysis.rung_counts()
+    eta = (analysis.search.fidelity or {}).get("eta")
+    grid = table(console, "rung", "tokens", "reached", "pruned", "went on",
+                 title=f"Rungs of {escape(analysis.search.name)} (successive halving"
+                       f"{f', the top 1/{eta} go on' if eta else ''})",
+                 right=("tokens", "reached", "pruned", "went on"))
+    for c in counts:
+        last = c.rung == len(counts) - 1
+        grid.add_row(f"{c.rung + 1} of {len(counts)}", f"{c.tokens:,}", str(c.reached), str(c.pruned),
+                     f"{c.went_on}{' complete' if last else ''}")
+    spent = analysis.tokens_spent()
+    if spent is not None:
+        grid.caption = f"{spent:,} training tokens spent on every rung of every candidate"
+    return grid
+
+
+def candidate_tables(console: Console, analysis: Any, record: Any) -> list[Table]:
+    """`nas show NAME --trial N`: one trial (standing, architecture, metrics, error) and its
+    validation loss at every rung it reached."""
+    facts = table(console, "", "", title=f"Trial {record.trial_number} of {escape(analysis.search.name)}")
+    facts.show_header = False
+    rows = [("state", standing(analysis, record)), ("architecture", record.architecture.describe()),
+            ("arch hash", record.arch_hash), ("params", f"{record.architecture.n_params:,}")]
+    rows += [(m, f"{record.metrics[m]:.6g}") for m in analysis.metrics if m in record.metrics]
+    rows += [(m, f"{v:.6g}") for m, v in sorted(record.metrics.items())
+             if m not in analysis.metrics and m != "params"]
+    rows += [("training tokens", f"{record.tokens:,}")] + ([("error", record.error)] if record.error else [])
+    for key, value in rows:
+        facts.add_row(key, value)
+    if not record.rungs:
+        return [facts]
+    n = len(analysis.search.rung_tokens)
+    losses = table(console, "rung", "tokens", "val_loss", "seconds", "",
+                   title=f"Rung losses of trial {record.trial_number}",
+                   right=("tokens", "val_loss", "seconds"))
+    for k, x in enumerate(record.rungs):
+        last = k == len(record.rungs) - 1
+        note = ("pruned here" if record.state == "pruned" else "") if last else "promoted"
+        losses.add_row(f"{x.rung + 1} of {max(n, x.rung + 1)}", f"{x.tokens:,}",
+                       f"{x.val_loss:.4f}" if x.val_loss is not None else "-", f"{x.seconds:.2f}", note)
+    return [facts, losses]
 
 
 def _repeat(analysis: Any, record: Any) -> bool:

@@ -21,7 +21,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from service.factories import FRONT_TRIALS, INFEASIBLE_TRIAL, make_search
+from service.factories import (
+    FRONT_TRIALS,
+    INFEASIBLE_TRIAL,
+    RUNG_COUNTS,
+    RUNG_TOKENS_SPENT,
+    RUNG_TRIALS,
+    make_rung_search,
+    make_search,
+)
 from typer.testing import CliRunner
 
 import nas.cli
@@ -131,6 +139,68 @@ def test_show_all_lists_every_trial_with_its_state_and_error(db: str) -> None:
     # Without --all: the front only, the same trial numbers (people see trial numbers).
     front = _rows(invoke("show", "demo", "--db", db).stdout)
     assert sorted(front) == FRONT_TRIALS and "(knee)" in front[1][0]
+
+
+@pytest.fixture
+def rung_db(tmp_path: Path) -> str:
+    """'rungs': a search trained by successive halving, pruned and complete candidates."""
+    url = f"sqlite:///{tmp_path / 'rungs.db'}"
+    with Store(url) as store:
+        make_rung_search(store, "rungs")
+    return url
+
+
+def test_show_lists_the_rungs_and_pruned_candidates(rung_db: str) -> None:
+    result = invoke("show", "rungs", "--db", rung_db)
+    assert result.exit_code == 0, result.output
+    rungs = {cells[0]: cells for cells in (
+        [c.strip() for c in line.strip("│ ").split("│")] for line in result.stdout.splitlines()
+        if line.startswith("│") and " of 3 " in line)}
+    assert [(r[1], r[2], r[3]) for r in rungs.values()] == [
+        (f"{tokens:,}", str(reached), str(pruned)) for _, tokens, reached, pruned in RUNG_COUNTS]
+    assert rungs["3 of 3"][4] == "3 complete" and rungs["1 of 3"][4] == "4"
+    assert f"{RUNG_TOKENS_SPENT:,} training tokens spent" in result.stdout
+    # Pruned candidates: their own listing, with the reason and the tokens they got.
+    pruned = invoke("show", "rungs", "--state", "pruned", "--db", rung_db)
+    trials, rung_table = pruned.stdout.split("Rungs of rungs")
+    rows = _rows(trials)
+    assert sorted(rows) == [k for k, (_, state) in RUNG_TRIALS.items() if state == "pruned"]
+    assert rows[3][1] == "pruned" and rows[3][-2] == "1,024"  # the tokens it got
+    assert rows[3][-1].startswith("pruned at rung 2 of 3")
+    assert "Trials of rungs in state pruned (3 of 6" in trials and "1 of 3" in rung_table
+    both = invoke("show", "rungs", "--state", "pruned", "--state", "complete", "--db", rung_db).stdout
+    assert sorted(_rows(both.split("Rungs of rungs")[0])) == list(range(6))
+    bad = invoke("show", "rungs", "--state", "exploded", "--db", rung_db)
+    assert bad.exit_code == 2 and "'pruned'" in bad.output
+
+
+def test_show_one_trial_with_its_rung_losses(rung_db: str, db: str) -> None:
+    result = invoke("show", "rungs", "--trial", "3", "--db", rung_db)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Trial 3 of rungs" in out and "Rung losses of trial 3" in out
+    losses = [line for line in out.splitlines() if line.startswith(("│ 1 of 3", "│ 2 of 3", "│ 3 of 3"))]
+    assert len(losses) == 2 and "3.9000" in losses[0] and "promoted" in losses[0]
+    assert "3.7000" in losses[1] and "pruned here" in losses[1] and "1,024" in losses[1]
+    assert "pruned at rung 2 of 3" in out
+    complete = invoke("show", "rungs", "--trial", "4", "--db", rung_db).stdout
+    assert "front" in complete and "│ 3 of 3 │  2,048 │   2.6000" in complete
+    # Without rungs: the trial's numbers, no rung table; an unknown trial is named.
+    plain = invoke("show", "demo", "--trial", "1", "--db", db)
+    assert "front (knee)" in plain.stdout and "Rung losses" not in plain.stdout
+    missing = invoke("show", "demo", "--trial", "99", "--db", db)
+    assert isinstance(missing.exception, NotFoundError) and "no trial 99" in str(missing.exception)
+
+
+def test_ls_counts_pruned_candidates(rung_db: str) -> None:
+    table = invoke("ls", "--db", rung_db).stdout
+    header = next(line for line in table.splitlines() if "name" in line and "pruned" in line)
+    row = next(line for line in table.splitlines() if line.startswith("│ rungs"))
+    cells = dict(zip([c.strip() for c in header.strip("┃ ").split("┃")],
+                     [c.strip() for c in row.strip("│ ").split("│")]))
+    assert (cells["done"], cells["pruned"], cells["failed"]) == ("3", "3", "0")
+    listed = json.loads(invoke("ls", "--json", "--db", rung_db).stdout)
+    assert listed[0]["n_pruned"] == 3
 
 
 def test_pareto_of_an_empty_front_prints_the_full_header(db: str) -> None:

@@ -4,7 +4,8 @@ One real search per database (the CLI, in a child process) is read throughout by
 readers as fast as they answer: the service's JSON API (`create_app(store)` under FastAPI's
 TestClient, its own `Store`) and the real `optuna-dashboard` server (a child process) over
 its JSON API. Every response must be a success (404 only before the search exists), and at
-the end the dashboard must list the study with the search's objective names.
+the end the dashboard must list the study with the search's objective names. A search with
+successive halving shows its pruned candidates there as Optuna's PRUNED trials.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from service.factories import run_rung_search
 
-from harness import free_port, kill_session, pg_database, search_args, start, wait_for
+from harness import assert_optuna_agrees, free_port, kill_session, pg_database, search_args, start, wait_for
 from nas.service import create_app
 from nas.store import Store
 
@@ -185,3 +187,30 @@ def test_optuna_dashboard_lists_the_study_with_its_objective_names(observed: Obs
     assert observed.detail["objective_names"] == OBJECTIVES  # set_metric_names, read by the dashboard
     finished = [t for t in observed.detail["trials"] if t["state"] in ("Complete", "Fail")]
     assert len(finished) == TRIALS
+
+
+def test_optuna_dashboard_shows_the_pruned_trials_of_a_search_with_rungs(tmp_path):
+    """The driver prunes (Optuna cannot prune multi-objective studies) and tells Optuna PRUNED:
+    the real dashboard lists exactly the store's pruned candidates as Pruned trials, and the
+    service's API lists the same ones."""
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    outcome = run_rung_search(url, tmp_path)
+    with Store(url) as store:
+        states = {c.trial_number: c.state for c in store.candidates("halving")}
+        assert_optuna_agrees(store, "halving")
+        served = TestClient(create_app(store)).get("/api/searches/halving/candidates",
+                                                   params={"state": "pruned"}).json()
+    pruned = sorted(n for n, state in states.items() if state == "pruned")
+    assert pruned and outcome.n_pruned == len(pruned), states
+    assert sorted(c["trial_number"] for c in served) == pruned
+    dashboard = Dashboard(url)
+    try:
+        study = next(s for s in dashboard.http.get("/api/studies").json()["study_summaries"]
+                     if s["study_name"] == "nas:halving")
+        trials = dashboard.http.get(f"/api/studies/{study['study_id']}").json()["trials"]
+    finally:
+        dashboard.stop()
+    shown = {t["number"]: t["state"] for t in trials if t["number"] in states}
+    assert sorted(n for n, state in shown.items() if state == "Pruned") == pruned
+    assert {n for n, state in shown.items() if state == "Complete"} == {
+        n for n, state in states.items() if state == "complete"}

@@ -14,7 +14,15 @@ import pytest
 from nas import plots
 from nas.fronts import analyze, load_front
 from nas.store import SnapshotRecord, Store
-from tests.service.factories import FRONT_TRIALS, INFEASIBLE_TRIAL, LATENCY, make_search
+from tests.service.factories import (
+    FRONT_TRIALS,
+    INFEASIBLE_TRIAL,
+    LATENCY,
+    RUNG_COUNTS,
+    RUNG_TOKENS_SPENT,
+    make_rung_search,
+    make_search,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +30,7 @@ def store(tmp_path_factory) -> Store:
     with Store(f"sqlite:///{tmp_path_factory.mktemp('plots') / 'nas.db'}") as s:
         make_search(s, "two")
         make_search(s, "three", three_objectives=True)
+        make_rung_search(s, "rungs")
         yield s
 
 
@@ -221,6 +230,48 @@ def test_loss_curve_data():
     spec = plots.loss_curve_spec(curve)
     assert spec["layout"]["shapes"][0]["y0"] == 2.5
     plots.to_figure(spec)
+
+
+# ----- successive halving -------------------------------------------------------------------
+def test_rung_counts_and_tokens_spent(store):
+    from nas.fronts import rung_counts, tokens_spent
+
+    rungs = load_front(store, "rungs")
+    assert [tuple(c) for c in rungs.rung_counts()] == RUNG_COUNTS
+    assert [c.went_on for c in rungs.rung_counts()] == [4, 3, 3]
+    assert rungs.tokens_spent() == RUNG_TOKENS_SPENT and len(rungs.pruned) == 3
+    assert [r.trial_number for r in rungs.front] == [4, 1, 0]  # pruned ones are never ranked
+    # Without fidelity: one rung, the whole budget; candidates stored before rungs were reach
+    # no stored rung, and the tokens they cost are unknown rather than 0.
+    two = load_front(store, "two")
+    assert [tuple(c) for c in two.rung_counts()] == [(0, 2048, 0, 0)]
+    assert two.tokens_spent() is None
+    assert [tuple(c) for c in rung_counts(rungs.search, [])] == [(k, t, 0, 0) for k, t, _, _ in RUNG_COUNTS]
+    assert tokens_spent([]) == 0
+
+
+def test_hypervolume_against_training_tokens(store):
+    rungs = load_front(store, "rungs")
+    data = plots.hypervolume_data(store.pareto_snapshots("rungs"), rungs)
+    assert data.n_complete == [1, 2, 3] and list(data.tokens) == [2048, 4096, 7680] and data.has_tokens
+    spec = plots.hypervolume_spec(data)
+    plots.to_figure(spec)  # the buttons are valid Plotly
+    candidates, tokens = spec["layout"]["updatemenus"][0]["buttons"]
+    assert candidates["args"][0]["x"] == [data.n_complete] and tokens["args"][0]["x"] == [[2048, 4096, 7680]]
+    assert "training tokens" in tokens["args"][0]["hovertemplate"][0]
+    assert spec["layout"]["xaxis"]["title"]["text"] == "complete candidates"  # as before, at first
+    old = plots.hypervolume_data(store.pareto_snapshots("two"), load_front(store, "two"))
+    assert not old.has_tokens and "updatemenus" not in plots.hypervolume_spec(old)["layout"]
+
+
+def test_loss_curve_with_rung_losses(store):
+    record = store.candidate_by_trial("rungs", 3)
+    curve = plots.loss_curve_data(record.proxy, record.rungs)
+    assert curve.rung_tokens == (512, 1024) and curve.rung_loss == pytest.approx((3.9, 3.7))
+    spec = plots.loss_curve_spec(curve)
+    assert [t["meta"] for t in spec["data"]] == ["train", "rungs"] and spec["layout"]["showlegend"]
+    plots.to_figure(spec)
+    assert len(plots.loss_curve_spec(plots.loss_curve_data(record.proxy))["data"]) == 1
 
 
 def test_thumbnail_keeps_the_plot_orientation(two):

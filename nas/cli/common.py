@@ -13,9 +13,11 @@ from nas.errors import NasError
 from nas.terminal import (
     App,
     Group,
+    candidate_tables,
     empty_front_message,
     front_table,
     make_console,
+    rungs_table,
     trials_table,
 )
 
@@ -108,12 +110,28 @@ def _front(store, name: str):
     return analysis.search, analysis.metrics, list(analysis.front), analysis.knee_id
 
 
-def _print_front(store, name: str, every_trial: bool = False) -> None:
+def _print_front(store, name: str, every_trial: bool = False, states: list[str] | None = None) -> None:
     """The front by trial number (knee marked), or with ``every_trial`` every trial and its
-    state; an empty front says why on stderr."""
+    state (only those in ``states`` if given); an empty front says why on stderr. A search
+    with successive halving adds its rungs: how many candidates reached each and stopped there."""
     from nas.fronts import load_front
 
     analysis = load_front(store, name)  # shared with `nas serve` and `nas report`
-    console.print(trials_table(console, analysis) if every_trial else front_table(console, analysis))
-    if not analysis.front:
+    if states:
+        console.print(trials_table(console, analysis, states=states))
+    else:
+        console.print(trials_table(console, analysis) if every_trial else front_table(console, analysis))
+    if analysis.search.fidelity:
+        console.print(rungs_table(console, analysis))
+    if not analysis.front and not states:
         err_console.print(empty_front_message(analysis), markup=False, highlight=False)
+
+
+def _print_trial(store, name: str, trial: int) -> None:
+    """One trial of a search: where it stands, its numbers and its loss at every rung."""
+    from nas.fronts import load_front
+
+    analysis = load_front(store, name)
+    record = store.candidate_by_trial(name, trial)  # NotFoundError naming the search and trial
+    for part in candidate_tables(console, analysis, record):
+        console.print(part)

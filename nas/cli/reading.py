@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from nas.cli import common
-from nas.cli.common import DbOption, _print_front, _read_store, _split, app, db_url
+from nas.cli.common import DbOption, _print_front, _print_trial, _read_store, _split, app, db_url
 from nas.errors import ConfigError, NasError
 from nas.terminal import (
     ExportProgress,
@@ -39,6 +39,14 @@ def list_searches(
     common.console.print(searches_table(common.console, searches))
 
 
+class State(str, Enum):  # the stored candidate states (nas.states.CANDIDATE_STATES)
+    running = "running"
+    complete = "complete"
+    failed = "failed"
+    pruned = "pruned"
+    infeasible = "infeasible"
+
+
 @app.command()
 def show(
     name: str = typer.Argument(..., help="Search name."),
@@ -47,13 +55,23 @@ def show(
         False,
         "--all",
         help="List every trial: dominated, "
-        "infeasible, failed and running ones too, with their state "
+        "infeasible, failed, pruned and running ones too, with their state "
         "and error.",
     ),
+    state: list[State] | None = typer.Option(
+        None, "--state", help="List the trials in this state only (repeatable), e.g. --state pruned."
+    ),
+    trial: int | None = typer.Option(
+        None, "--trial", min=0, help="Show one trial: its numbers, error and loss at every rung."
+    ),
 ) -> None:
-    """Show a search's Pareto front as a table (knee marked), by trial number."""
+    """Show a search's Pareto front as a table (knee marked), by trial number, and its rungs
+    (candidates that reached each and were pruned there) when it trains by successive halving."""
     store = _read_store(db)
-    _print_front(store, name, every_trial=show_all)
+    if trial is not None:
+        _print_trial(store, name, trial)
+        return
+    _print_front(store, name, every_trial=show_all, states=[s.value for s in state or []])
 
 
 class Format(str, Enum):

@@ -329,7 +329,8 @@ def ray_tasks(ray: Any) -> RayTasks:
 
     @ray.remote
     def train(arch: Architecture, budget: Any, data: Any, seed: int, threads: int,
-              measure_threads: int, stop_at: int | None, resume: bytes | None) -> TrainOutput:
+              measure_threads: int, stop_at: int | None = None,
+              resume: bytes | None = None) -> TrainOutput:
         from nas.affinity import plan_cores
         from nas.evaluate import train_and_export
 

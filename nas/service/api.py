@@ -9,7 +9,7 @@ which ``version`` it shows.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
@@ -22,6 +22,7 @@ from nas.service.schemas import (
     CandidateState,
     ErrorOut,
     FrontOut,
+    HypervolumePointOut,
     LaunchIn,
     LaunchOut,
     SearchOut,
@@ -42,7 +43,8 @@ from nas.states import DRIVER_LOST, LIVE_STATUSES
 
 router = APIRouter(prefix="/api", tags=["searches"])
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such search or candidate"}}
-FigurePart = Literal["pareto", "pareto3d", "hypervolume", "parallel"]
+FigurePart = Literal["pareto", "pareto3d", "hypervolume", "parallel", "rungs"]
+ALL_PARTS: tuple[str, ...] = get_args(FigurePart)
 
 
 def _views(request: Request) -> ViewCache:
@@ -64,10 +66,12 @@ def list_searches(request: Request) -> list[dict[str, Any]]:
 
 @router.get("/searches/{name}", response_model=SearchOut, responses=NOT_FOUND)
 def read_search(name: str, request: Request) -> dict[str, Any]:
-    """One search, without reading its candidates: pages poll this, and redraw when its
-    ``version`` differs from the one their figures showed."""
+    """One search: pages poll this, and redraw when its ``version`` differs from the one their
+    figures showed. Its counts and ``version`` are always current; ``rungs`` and
+    ``tokens_spent`` come from its candidates as last read (they may trail by one rebuild)."""
+    views = _views(request)
     try:
-        return search_out(*_views(request).search(name))
+        summary, record = views.search(name)
     except NotFoundError:
         launcher = request.app.state.launcher
         launch = launcher.get(name) if launcher is not None else None
@@ -78,6 +82,15 @@ def read_search(name: str, request: Request) -> dict[str, Any]:
             f"search {name!r} does not exist yet: its process (pid {launch.pid}) is starting"
             if code is None else f"search {name!r} was launched but its process exited with "
             f"code {code} before creating it; its page shows the output") from None
+    return {**search_out(summary, record), **views.get(name).rung_summary()}
+
+
+@router.get("/searches/{name}/hypervolume", response_model=list[HypervolumePointOut],
+            responses=NOT_FOUND)
+def read_hypervolume(name: str, request: Request) -> list[dict[str, Any]]:
+    """The hypervolume of the front after each finished candidate, oldest first, with the
+    training tokens spent by then: plot it against either."""
+    return _views(request).get(name).hypervolume_history()
 
 
 @router.get("/searches/{name}/front", response_model=FrontOut, responses=NOT_FOUND)
@@ -120,7 +133,8 @@ def read_figures(
     y: Annotated[str | None, Query(max_length=200, description="objective on the y axis")] = None,
     part: Annotated[list[FigurePart] | None, Query(description="default: all")] = None,
 ) -> Response:
-    """The search page's Plotly figures (``{"data": [...], "layout": {...}}`` each)."""
+    """The search page's Plotly figures (``{"data": [...], "layout": {...}}`` each); part
+    ``rungs`` adds the rung counts and ``tokens_spent`` of the same version."""
     view = _views(request).get(name)
     metrics = view.analysis.metrics
     default_x, default_y = plots.default_axes(metrics)
@@ -131,7 +145,7 @@ def read_figures(
                                           f"({', '.join(metrics)})")
     if len(metrics) >= 2 and axes[0] == axes[1]:
         raise invalid("query", "y", "x and y must be different objectives")
-    figures = view.figures(axes, parts=part or ("pareto", "pareto3d", "hypervolume", "parallel"))
+    figures = view.figures(axes, parts=part or ALL_PARTS)
     return Response(json_bytes(figures), media_type="application/json")
 
 
@@ -161,7 +175,7 @@ def launch_search(body: LaunchIn, request: Request) -> dict[str, Any]:
                        "it; serve a database file to launch searches")
     argv = launcher.check(name=body.name, space=body.space, space_yaml=body.space_yaml,
                           profiles=body.profiles, trials=body.trials,
-                          store=request.app.state.store)
+                          store=request.app.state.store, no_fidelity=body.no_fidelity)
     launch = launcher.launch(body.name, argv)
     return {"name": body.name, "status": "starting", "pid": launch.pid,
             "url": search_url(body.name), "api_url": f"/api{search_url(body.name)}"}

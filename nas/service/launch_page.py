@@ -31,7 +31,7 @@ from nas.service.views import search_url
 
 router = APIRouter(include_in_schema=False)
 PATH = "/new"  # not /searches/new: "new" is a valid search name, whose page that would hide
-FIELDS = ("name", "space", "space_yaml", "profiles", "trials", "token")
+FIELDS = ("name", "space", "space_yaml", "profiles", "trials", "no_fidelity", "token")
 YAML_SOURCE = "space_yaml"  # the source the launcher gives YAML text in its messages
 
 
@@ -45,6 +45,7 @@ class LaunchForm:
     file_name: str = ""  # the uploaded file the YAML came from, if any
     profiles: list[str] = field(default_factory=list)
     trials: str = ""
+    no_fidelity: bool = False  # every candidate the whole budget, as `nas search --no-fidelity`
     token: str = field(default="", repr=False)  # checked, never rendered back
     errors: dict[str, str] = field(default_factory=dict)
     yaml_key: str | None = None  # the YAML key the YAML's error is about
@@ -111,6 +112,7 @@ async def read_form(request: Request) -> LaunchForm:
 
     form = LaunchForm(name=text("name").strip(), space=text("space").strip(),
                       trials=text("trials").strip(), space_yaml=text("space_yaml"),
+                      no_fidelity=text("no_fidelity") in ("1", "on", "true"),
                       token=text("token").strip(),
                       profiles=[p for p in data.getlist("profiles") if isinstance(p, str)])
     upload = data.get("space_file")
@@ -161,7 +163,8 @@ def shipped_spaces() -> list[dict[str, Any]]:
         space = load_space(name)
         spaces.append({"name": name, "description": space.description, "trials": space.trials,
                        "profiles": list(space.profiles),
-                       "objectives": [o.metric for o in space.objectives]})
+                       "objectives": [o.metric for o in space.objectives],
+                       "fidelity": space.fidelity.to_dict() if space.fidelity else None})
     return spaces
 
 
@@ -219,7 +222,7 @@ async def launch_from_form(request: Request) -> Response:
                               space_yaml=None if form.space else form.space_yaml,
                               profiles=form.profiles or None,
                               trials=int(form.trials) if form.trials else None,
-                              store=request.app.state.store)
+                              store=request.app.state.store, no_fidelity=form.no_fidelity)
         launcher.launch(form.name, argv)
     except ConfigError as err:
         place_error(form, err)

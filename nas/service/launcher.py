@@ -98,7 +98,8 @@ class Launcher:
 
     # ----- validation -------------------------------------------------------------------
     def check(self, *, name: str, space: str | None, space_yaml: str | None,
-              profiles: Sequence[str] | None, trials: int | None, store: Any) -> list[str]:
+              profiles: Sequence[str] | None, trials: int | None, store: Any,
+              no_fidelity: bool = False) -> list[str]:
         """The `nas search` arguments for this request (ConfigError naming the field otherwise);
         a YAML space is written to the private directory only once it has passed every check."""
         from nas.hardware import list_profiles, load_profiles
@@ -152,6 +153,13 @@ class Launcher:
             if existing.space_hash != loaded.hash:
                 raise Conflict(f"search {name!r} exists with another search space; "
                                      "choose another name (the same space resumes it)")
+            with_rungs = loaded.fidelity is not None and not no_fidelity
+            if (existing.fidelity is not None) != with_rungs:
+                raise Conflict(f"search {name!r} was started " + (
+                    "with successive halving and resumes only that way: drop no_fidelity"
+                    if existing.fidelity is not None else
+                    "without rungs (no_fidelity) and resumes only that way: set no_fidelity")
+                    + ", or choose another name")
         elif self.running(name):
             raise Conflict(f"search {name!r} is already starting")
         target = space if space is not None else str(self._write_yaml(name, space_yaml or ""))
@@ -159,6 +167,8 @@ class Launcher:
                 "--profiles", ",".join(chosen), "--no-progress"]
         if trials is not None:
             argv += ["--trials", str(trials)]
+        if no_fidelity:  # every candidate the whole budget (a resume the other way was refused above)
+            argv.append("--no-fidelity")
         return argv
 
     def _write_yaml(self, name: str, text: str) -> Path:

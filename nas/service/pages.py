@@ -75,15 +75,16 @@ def thumbnail(name: str, request: Request) -> Response:
 def candidate_page(candidate_id: int, request: Request) -> HTMLResponse:
     record, view = load_candidate(request, candidate_id)
     candidate = candidate_out(record, view)
-    curve = plots.loss_curve_data(record.proxy)
-    figure = plots.loss_curve_spec(curve) if curve.tokens else None
+    n_rungs = len(view.search.rung_tokens)  # one (the whole budget) without fidelity: nothing to show
+    curve = plots.loss_curve_data(record.proxy, record.rungs if n_rungs > 1 else ())
+    figure = plots.loss_curve_spec(curve) if curve.tokens or curve.rung_tokens else None
     arch = record.architecture
     derived = {"parameters": arch.n_params, "non-embedding parameters": arch.non_embedding_params,
                "unique blocks": arch.n_unique_blocks, "head dim": arch.head_dim,
                "FFN hidden": arch.ffn_hidden, "weights fp32 (MB)": arch.weight_bytes("fp32") / 1e6,
                "weights int8 (MB)": arch.weight_bytes("int8") / 1e6,
                "KV cache per token (bytes)": arch.kv_cache_bytes_per_token}
-    return render(request, "candidate.html", c=candidate,
+    return render(request, "candidate.html", c=candidate, n_rungs=n_rungs,
                   objectives=view.analysis.metrics, derived=derived, loss_figure=figure)
 
 

@@ -48,6 +48,19 @@ class SearchSummaryOut(BaseModel):
     url: str = Field(description="the search's page")
 
 
+class FidelityOut(BaseModel):
+    min_tokens: int = Field(description="the first rung's size")
+    eta: int = Field(description="the factor between rungs; the top 1/eta at each rung go on")
+    rung_tokens: list[int] = Field(description="training tokens at the end of each rung")
+
+
+class RungCountOut(BaseModel):
+    rung: int = Field(description="0 = the first rung (pages and messages count from 1)")
+    tokens: int = Field(description="training tokens a candidate has seen at the end of this rung")
+    reached: int = Field(description="candidates whose loss at this rung is stored")
+    pruned: int = Field(description="of those, the ones successive halving stopped here")
+
+
 class SearchOut(SearchSummaryOut):
     objectives: list[ObjectiveOut]
     constraints: list[str]
@@ -58,6 +71,23 @@ class SearchOut(SearchSummaryOut):
     reference_point: list[float] | None
     error: str
     started_at: datetime | None
+    fidelity: FidelityOut | None = Field(description="successive halving's settings; null: every "
+                                         "candidate trains the whole budget (one rung)")
+    rung_tokens: list[int] = Field(description="training tokens at the end of each rung (one rung "
+                                   "without fidelity)")
+    rungs: list[RungCountOut] = Field(description="per rung: candidates that reached it and were "
+                                      "pruned there; from the candidates, as of their latest view")
+    tokens_spent: int | None = Field(description="training tokens spent on every rung of every "
+                                     "candidate; null if some were stored before rungs were")
+
+
+class HypervolumePointOut(BaseModel):
+    n_complete: int = Field(description="distinct complete candidates when the snapshot was taken")
+    hypervolume: float | None
+    front_size: int
+    tokens: int | None = Field(description="training tokens spent by then; null in snapshots "
+                               "taken before rungs were recorded")
+    created_at: datetime
 
 
 class CandidateBrief(BaseModel):
@@ -74,6 +104,7 @@ class CandidateBrief(BaseModel):
     on_front: bool
     knee: bool
     feasible: bool | None = Field(description="meets every constraint; null unless complete")
+    tokens: int = Field(0, description="training tokens spent on it, every rung it reached")
     url: str = Field(description="the candidate's page")
 
 
@@ -102,10 +133,19 @@ class ProfileLatencyOut(BaseModel):
     decode: LatencyStatsOut
 
 
+class RungLossOut(BaseModel):
+    rung: int = Field(description="0 = the first rung (pages and messages count from 1)")
+    tokens: int = Field(description="training tokens seen by the end of this rung, in all")
+    val_loss: float | None = Field(description="validation loss at the end of this rung")
+    seconds: float | None = Field(description="training seconds of this rung alone")
+
+
 class CandidateOut(CandidateBrief):
     attempts: int
     latencies: list[ProfileLatencyOut]
     proxy: dict[str, Any] = Field(description="the proxy training run: val_loss, curve, tokens...")
+    rungs: list[RungLossOut] = Field(description="its validation loss at every rung it reached, "
+                                     "first rung first (a pruned candidate stopped at the last)")
     timings: dict[str, float | None]
     node: str
     started_at: datetime
@@ -127,6 +167,9 @@ class LaunchIn(BaseModel):
     profiles: list[ProfileName] | None = Field(None, min_length=1, max_length=8,
                                        description="shipped hardware profiles; default: the space's")
     trials: int | None = Field(None, ge=1, le=MAX_TRIALS, description="default: the space's")
+    no_fidelity: bool = Field(False, description="give every candidate the whole token budget, "
+                              "ignoring the space's fidelity (successive halving), as "
+                              "`nas search --no-fidelity`")
 
     @model_validator(mode="after")
     def _one_space(self) -> LaunchIn:

@@ -79,9 +79,11 @@ class SearchView:
                          lambda: plots.pareto_spec(plots.pareto_data(self.analysis, axes)))
 
     def figures(self, axes: Sequence[str] | None = None,
-                parts: Sequence[str] = ("pareto", "pareto3d", "hypervolume", "parallel")
+                parts: Sequence[str] = ("pareto", "pareto3d", "hypervolume", "parallel", "rungs")
                 ) -> dict[str, Any]:
-        """The search page's figures as Plotly JSON; ``axes`` are two objectives (x, y)."""
+        """The search page's figures as Plotly JSON; ``axes`` are two objectives (x, y).
+        Part ``rungs`` is no figure but the rung counts and tokens spent (`rung_summary`),
+        drawn as a table by the page, of the same version as the figures."""
         analysis = self.analysis
         axes = list(axes) if axes else list(plots.default_axes(analysis.metrics))
         out: dict[str, Any] = {"version": self.version, "axes": axes, "objectives": analysis.metrics,
@@ -93,11 +95,31 @@ class SearchView:
             out["pareto3d"] = self.pareto_figure(analysis.metrics[:3])
         if "hypervolume" in parts:
             out["hypervolume"] = self.memo("hypervolume", lambda: plots.hypervolume_spec(
-                plots.hypervolume_data(self.snapshots, analysis)))
+                self.hypervolume_data()))
         if "parallel" in parts:
             out["parallel"] = self.memo("parallel",
                                         lambda: plots.parallel_spec(plots.parallel_data(analysis)))
+        if "rungs" in parts:
+            out.update(self.rung_summary())
         return out
+
+    def hypervolume_data(self) -> plots.HypervolumeData:
+        return self.memo("hypervolume-data", lambda: plots.hypervolume_data(self.snapshots, self.analysis))
+
+    def hypervolume_history(self) -> list[dict[str, Any]]:
+        """The hypervolume after each finished candidate, with the training tokens spent by then."""
+        d = self.hypervolume_data()
+        return [{"n_complete": n, "hypervolume": finite_or_none(hv), "front_size": size, "tokens": tokens,
+                 "created_at": at} for n, hv, size, tokens, at
+                in zip(d.n_complete, d.hypervolume, d.front_size, d.tokens, d.created_at)]
+
+    def rung_summary(self) -> dict[str, Any]:
+        """Successive halving at a glance: per rung, its tokens and how many candidates reached
+        it and were pruned there; and the training tokens spent on every candidate."""
+        return self.memo("rungs", lambda: {
+            "rungs": [{"rung": c.rung, "tokens": c.tokens, "reached": c.reached, "pruned": c.pruned}
+                      for c in self.analysis.rung_counts()],
+            "tokens_spent": self.analysis.tokens_spent()})
 
     def thumbnail_svg(self) -> str:
         return self.memo("thumbnail", lambda: plots.thumbnail_svg(plots.thumbnail_data(self.analysis)))
@@ -128,7 +150,7 @@ def candidate_brief(record: CandidateRecord, *, on_front: bool, knee: bool,
         "state": record.state, "error": record.error, "architecture": arch.to_dict(),
         "description": arch.describe(), "arch_hash": record.arch_hash, "params": arch.n_params,
         "metrics": {k: finite_or_none(v) for k, v in record.metrics.items()},
-        "on_front": on_front, "knee": knee, "feasible": feasible,
+        "on_front": on_front, "knee": knee, "feasible": feasible, "tokens": record.tokens,
         "url": candidate_url(record.id),
     }
 
@@ -175,6 +197,8 @@ def search_out(summary: SearchSummary, search: SearchRecord) -> dict[str, Any]:
         "reference_point": list(search.reference_point) if search.reference_point else None,
         "error": search.error,
         "started_at": search.started_at,
+        "fidelity": search.fidelity,
+        "rung_tokens": list(search.rung_tokens),
     }
 
 
@@ -208,6 +232,8 @@ def candidate_out(record, view: SearchView) -> dict[str, Any]:
             for lat in record.latencies
         ],
         "proxy": record.proxy,
+        "rungs": [{"rung": r.rung, "tokens": r.tokens, "val_loss": finite_or_none(r.val_loss),
+                   "seconds": finite_or_none(r.seconds)} for r in record.rungs],
         "timings": {k: finite_or_none(v) for k, v in record.timings.items()},
         "node": record.node,
         "started_at": record.started_at,

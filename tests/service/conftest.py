@@ -13,7 +13,7 @@ from nas.service import create_app
 from nas.service.launcher import Launcher
 from nas.store import Store
 
-from .factories import make_search
+from .factories import make_rung_search, make_search
 
 TOKEN = "s3cret-token"
 
@@ -48,6 +48,20 @@ def shared_store(tmp_path_factory) -> Iterator[Store]:
         make_search(store, "live", status="running", running=1)
         make_search(store, "cube", three_objectives=True)
         yield store
+
+
+@pytest.fixture(scope="module")
+def rung_store(tmp_path_factory) -> Iterator[Store]:
+    """'rungs' (successive halving: pruned and complete candidates) beside 'demo' (no rungs)."""
+    with Store(f"sqlite:///{tmp_path_factory.mktemp('rungs') / 'nas.db'}") as store:
+        make_rung_search(store, "rungs")
+        make_search(store, "demo")
+        yield store
+
+
+@pytest.fixture(scope="module")
+def rung_client(rung_store) -> TestClient:
+    return TestClient(create_app(rung_store))
 
 
 @pytest.fixture(scope="module")

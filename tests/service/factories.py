@@ -81,3 +81,86 @@ def make_search(store: Store, name: str = "demo", *, points=POINTS, failed: int 
     if status != "running":
         store.set_status(name, status)
     return ids
+
+
+# A search trained by successive halving (rungs at 512 / 1,024 / 2,048 tokens, eta 2):
+# trial -> its validation loss at each rung it reached, and how it ended. Trials 0, 1 and 4
+# complete (they are POINTS 0, 1, 2: the front); 2 and 5 are pruned at rung 1, 3 at rung 2.
+RUNG_TOKENS = (512, 1024, 2048)
+RUNG_TRIALS: dict[int, tuple[tuple[float, ...], str]] = {
+    0: ((3.6, 3.2, 3.0), "complete"), 1: ((3.5, 3.0, 2.8), "complete"),
+    2: ((4.0,), "pruned"), 3: ((3.9, 3.7), "pruned"),
+    4: ((3.4, 3.0, 2.6), "complete"), 5: ((4.2,), "pruned"),
+}
+RUNG_COUNTS = [(0, 512, 6, 2), (1, 1024, 4, 1), (2, 2048, 3, 0)]  # (rung, tokens, reached, pruned)
+RUNG_TOKENS_SPENT = 3 * 2048 + 2 * 512 + 1024
+
+
+def make_rung_search(store: Store, name: str = "rungs") -> dict[int, int]:
+    """A finished search with rungs, written as the driver writes one: each promoted rung with
+    its checkpoint (`Store.record_rung`), the last with the result, a snapshot with the tokens
+    spent after each complete candidate. Returns {trial number: candidate id}."""
+    import dataclasses
+
+    from nas.results import RungLoss
+
+    space = load_space("tiny").to_dict()
+    fidelity = {"min_tokens": RUNG_TOKENS[0], "eta": 2, "rung_tokens": list(RUNG_TOKENS)}
+    store.create_search(
+        name, space=space, space_hash=f"hash-{name}", profiles=[{"name": "cpu-1t"}],
+        objectives=[("val_loss", "minimize"), (LATENCY, "minimize")], constraints=["params <= 1500000"],
+        data={"corpus": ["stdlib"], "tokenizer": "byte"},
+        budget={"tokens": RUNG_TOKENS[-1], "batch_size": 8, "seq_len": 32},
+        trials=len(RUNG_TRIALS), study_name=f"nas:{name}", fidelity=fidelity)
+    ids: dict[int, int] = {}
+    spent, complete = 0, []
+    points = iter(POINTS)
+    for k, (losses, state) in RUNG_TRIALS.items():
+        ids[k] = store.start_candidate(name, k, arch(k))
+        rungs = [RungLoss(i, RUNG_TOKENS[i], loss, 0.1 * (i + 1)) for i, loss in enumerate(losses)]
+        for rung in rungs[:-1]:
+            store.record_rung(name, k, rung, b"checkpoint")
+        spent += rungs[-1].tokens
+        if state == "complete":
+            val_loss, decode, params = next(points)
+            done = dataclasses.replace(result(k, val_loss, decode, params), rung=rungs[-1])
+        else:
+            full = result(k, 9.9, 0.3, 1e5)
+            done = dataclasses.replace(
+                full, state="pruned", weights=None, rung=rungs[-1],
+                metrics={m: v for m, v in full.metrics.items() if m != "val_loss"},
+                error=f"pruned at rung {len(rungs)} of {len(RUNG_TOKENS)} ({rungs[-1].tokens:,} tokens, "
+                      f"val_loss {losses[-1]:.4f}): not in the top 1/2 of the candidates that reached it")
+        store.finish_candidate(name, k, done)
+        if state == "complete":
+            complete.append(ids[k])
+            store.add_pareto_snapshot(name, len(complete), 0.1 * len(complete), complete, tokens=spent)
+    store.update_search(name, reference_point=[3.5, 0.5])
+    store.set_status(name, "finished")
+    return ids
+
+
+def run_rung_search(db_url: str, directory: Any, name: str = "halving", trials: int = 6) -> Any:
+    """A real search with successive halving, not a replay: the driver, Ray, real training,
+    export and timing, on the e2e space with rungs at 1,024 / 2,048 / 4,096 tokens (eta 2).
+
+    Its objectives are val_loss and params: training is deterministic on CPU and params exact,
+    so who is promoted does not depend on timing noise (6 trials: 3 complete, 3 pruned at the
+    first two rungs, in about 25 s on 2 cores). Returns the driver's outcome.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from harness import DATA, PROFILE
+    from nas.hardware import load_profiles
+    from nas.search import SearchDriver, SearchRequest
+
+    spec = yaml.safe_load((DATA / "e2e.yaml").read_text())
+    spec.update(objectives={"val_loss": "min", "params": "min"}, fidelity={"min_tokens": 1024, "eta": 2})
+    path = Path(directory) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    request = SearchRequest(space=load_space(path), name=name, profiles=tuple(load_profiles([PROFILE])),
+                            trials=trials, db_url=db_url, workers=1)
+    with Store(db_url) as store:
+        return SearchDriver(request, store).run()

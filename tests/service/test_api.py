@@ -153,6 +153,7 @@ def test_openapi_schema_lists_every_route(client):
     assert set(paths) == {
         "/api/searches", "/api/searches/{name}", "/api/searches/{name}/front",
         "/api/searches/{name}/candidates", "/api/searches/{name}/figures",
+        "/api/searches/{name}/hypervolume",
         "/api/candidates/{candidate_id}", "/api/searches/{name}/stop",
         "/api/candidates/{candidate_id}/export"}  # nas.service.export_api
     assert set(paths["/api/searches"]) == {"get", "post"}

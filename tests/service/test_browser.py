@@ -182,6 +182,79 @@ def test_browse_a_real_search(server, browser, tmp_path):
             os.killpg(launched["pid"], signal.SIGTERM)
 
 
+def test_browse_a_search_with_rungs(server, browser, tmp_path):
+    """A real search with successive halving (the driver, as `nas search` runs it) in the
+    served database: the search page counts its rungs and lists its pruned candidates, a click
+    redraws the hypervolume against training tokens, and a pruned candidate's page shows its
+    validation loss at every rung it reached."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from .factories import run_rung_search
+
+    run_rung_search(f"sqlite:///{tmp_path / 'nas.db'}", tmp_path)  # the database `server` serves
+    search = httpx.get(f"{server}/api/searches/halving", timeout=30).json()
+    assert search["n_pruned"] >= 1 and search["fidelity"]["eta"] == 2, search
+    browser.get(server + "/searches/halving")
+    wait_until(lambda: browser.execute_script("return document.body.dataset.ready === '1'"), 30,
+               "the search page to load")
+
+    # The rung table: what the API counts, rung by rung.
+    shown = [[td.text for td in tr.find_elements("css selector", "td")][:4]
+             for tr in browser.find_elements("css selector", "#rungs tbody tr")]
+    assert shown == [[f"{r['rung'] + 1} of 3", f"{r['tokens']:,}", str(r["reached"]), str(r["pruned"])]
+                     for r in search["rungs"]]
+    spent = browser.find_element("id", "tokens-spent").text
+    assert f"{search['tokens_spent']:,} training tokens spent" in spent
+
+    # A click on a pruned count lists the pruned candidates, each with its reason.
+    browser.find_element("css selector", "#rungs a.show-pruned").click()
+    table_rows = "#candidates tbody tr"
+    wait_until(lambda: len(browser.find_elements("css selector", table_rows)) == search["n_pruned"],
+               10, "the pruned candidates")
+    rows = browser.find_elements("css selector", table_rows)
+    assert all(r.find_element("css selector", ".badge").text == "pruned" for r in rows)
+    reasons = [r.find_element("css selector", ".error").get_attribute("title") for r in rows]
+    assert all(reason.startswith("pruned at rung") for reason in reasons), reasons
+    assert browser.find_element("id", "state-filter").get_attribute("value") == "pruned"
+    browser.set_window_size(1400, 2400)
+    time.sleep(1)
+    browser.save_screenshot(str(tmp_path / "search-rungs.png"))
+    browser.set_window_size(1400, 1100)
+
+    # The hypervolume against training tokens: Plotly's button, clicked where it is drawn.
+    history = httpx.get(f"{server}/api/searches/halving/hypervolume", timeout=30).json()
+    button = browser.find_elements("css selector", "#hypervolume .updatemenu-button")[1]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+    ActionChains(browser).move_to_element(button).pause(0.3).click().perform()
+    wait_until(lambda: browser.execute_script(
+        "const gd = document.getElementById('hypervolume');"
+        "return gd.layout.xaxis.title.text === 'training tokens spent' && gd.data[0].x"),
+        10, "the hypervolume against training tokens")
+    xs = browser.execute_script("return document.getElementById('hypervolume').data[0].x")
+    assert xs == [h["tokens"] for h in history] and xs == sorted(xs)
+
+    # The pruned candidate that got furthest: its rung losses, a table and markers on the curve.
+    pruned = httpx.get(f"{server}/api/searches/halving/candidates", params={"state": "pruned"}).json()
+    furthest = max(pruned, key=lambda c: c["tokens"])
+    detail = httpx.get(f"{server}/api/candidates/{furthest['id']}", timeout=30).json()
+    browser.get(server + furthest["url"])
+    rung_rows = browser.find_elements("css selector", "#rungs tbody tr")
+    assert len(rung_rows) == len(detail["rungs"]) >= 1
+    assert "pruned here" in rung_rows[-1].text
+    assert [r.find_elements("css selector", "td")[1].text for r in rung_rows] == [
+        f"{x['tokens']:,}" for x in detail["rungs"]]
+    wait_until(lambda: browser.execute_script(
+        "return document.querySelectorAll('#loss .scatterlayer .trace').length") == 2, 20,
+        "the training curve and the rung losses")
+    marked = browser.execute_script(
+        "return document.getElementById('loss').data.find(t => t.meta === 'rungs').x")
+    assert marked == [x["tokens"] for x in detail["rungs"]]
+    browser.set_window_size(1400, 1800)
+    time.sleep(1)
+    browser.save_screenshot(str(tmp_path / "candidate-rungs.png"))
+    print(f"screenshots: {tmp_path / 'search-rungs.png'} {tmp_path / 'candidate-rungs.png'}")
+
+
 def test_offline_report_in_the_browser(browser, tmp_path):
     """The report of a three-objective search opens from a file: plots drawn, nothing fetched,
     a click finds the candidate in the table, and the 3-D view draws."""
@@ -216,6 +289,37 @@ def test_offline_report_in_the_browser(browser, tmp_path):
         "return document.querySelectorAll('#pareto .gl-container canvas, #pareto canvas').length > 0"
         " && document.getElementById('pareto').dataset.view === '3d'"), 20, "the 3-D view")
     browser.save_screenshot(str(tmp_path / "report-3d.png"))
+
+
+def test_offline_report_of_a_search_with_rungs(browser, tmp_path):
+    """The report counts the rungs and lists pruned candidates with nothing fetched, and its
+    hypervolume plot switches to training tokens (Plotly's own buttons: no server needed)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from nas.report import write_report
+    from nas.store import Store
+
+    from .factories import RUNG_COUNTS, make_rung_search
+
+    with Store(f"sqlite:///{tmp_path / 'nas.db'}") as store:
+        make_rung_search(store, "rungs")
+        report = write_report(store, "rungs", tmp_path / "report.html")
+    browser.get(report.as_uri())
+    wait_until(lambda: len(browser.find_elements("css selector", "#rungs tbody tr")) == 3, 30,
+               "the rung table")
+    counts = [[td.text for td in tr.find_elements("css selector", "td")][2:4]
+              for tr in browser.find_elements("css selector", "#rungs tbody tr")]
+    assert counts == [[str(reached), str(pruned)] for _, _, reached, pruned in RUNG_COUNTS]
+    browser.find_element("css selector", "#rungs a.show-pruned").click()
+    wait_until(lambda: len(browser.find_elements("css selector", "#candidates tbody tr")) == 3, 10,
+               "the pruned candidates")
+    button = browser.find_elements("css selector", "#hypervolume .updatemenu-button")[1]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+    ActionChains(browser).move_to_element(button).pause(0.3).click().perform()
+    wait_until(lambda: browser.execute_script(
+        "return document.getElementById('hypervolume').layout.xaxis.title.text") == "training tokens spent",
+        10, "the hypervolume against tokens")
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
 
 
 def click_first_front_marker(browser) -> dict:

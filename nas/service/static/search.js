@@ -92,7 +92,7 @@
       return Promise.resolve({version: f.version, pareto: f.pareto[state.axes.join("|")], pareto3d: f.pareto3d,
                               hypervolume: f.hypervolume, parallel: f.parallel,
                               front_size: f.front_size, knee_id: f.knee_id, knee_trial: f.knee_trial,
-                              warnings: f.warnings});
+                              warnings: f.warnings, rungs: f.rungs, tokens_spent: f.tokens_spent});
     }
     var q = new URLSearchParams({x: state.axes[0], y: state.axes[1]});
     parts.forEach(function (p) { q.append("part", p); });
@@ -151,11 +151,47 @@
     $("warnings").innerHTML = (figs.warnings || []).map(function (w) {
       return '<div class="banner warn">' + esc(w) + "</div>"; }).join("");
   }
+  // The hypervolume plot's buttons (x: candidates or training tokens) survive a redraw.
+  function drawHypervolume(fig) {
+    var el = $("hypervolume"), menus = el && el.layout && el.layout.updatemenus;
+    var active = menus && menus[0] ? menus[0].active || 0 : 0;
+    return draw("hypervolume", fig).then(function () {
+      var buttons = fig && fig.layout.updatemenus ? fig.layout.updatemenus[0].buttons : [];
+      if (!active || !buttons[active]) return;
+      var args = buttons[active].args, layout = {"updatemenus[0].active": active};
+      Object.keys(args[1]).forEach(function (k) { layout[k] = args[1][k]; });
+      return Plotly.update(el, args[0], layout);
+    });
+  }
+  // Successive halving: how many candidates reached each rung and stopped there.
+  function renderRungs(figs) {
+    var body = $("rungs") && $("rungs").tBodies[0];
+    if (!body || !figs.rungs) return;
+    var n = figs.rungs.length, most = Math.max.apply(null, figs.rungs.map(function (r) { return r.reached; }).concat([1]));
+    body.innerHTML = figs.rungs.map(function (r) {
+      var on = r.reached - r.pruned, last = r.rung === n - 1;
+      return '<tr data-rung="' + r.rung + '"><td>' + (r.rung + 1) + " of " + n + '</td><td class="num">' + fmt(r.tokens) +
+        '</td><td class="num reached">' + r.reached + '</td><td class="num pruned">' +
+        (r.pruned ? '<a href="#candidates" class="show-pruned" title="list the pruned candidates">' + r.pruned + "</a>" : "0") +
+        '</td><td class="num">' + on + (last ? " complete" : "") + '</td><td class="bar-cell"><div class="rung-bar">' +
+        '<span class="went" style="width:' + (100 * on / most) + '%"></span><span class="cut" style="width:' +
+        (100 * r.pruned / most) + '%"></span></div></td></tr>';
+    }).join("");
+    $("tokens-spent").textContent = figs.tokens_spent === null || figs.tokens_spent === undefined ? "" :
+      fmt(figs.tokens_spent) + " training tokens spent on every rung of every candidate.";
+  }
+  function showPruned(e) {
+    if (!e.target.closest(".show-pruned")) return;
+    $("state-filter").value = "pruned";
+    state.page = 0;
+    renderTable();
+  }
   function refreshFigures() {
-    return loadFigures([paretoPart(), "hypervolume", "parallel"]).then(function (figs) {
+    return loadFigures([paretoPart(), "hypervolume", "parallel", "rungs"]).then(function (figs) {
       state.dataVersion = figs.version;
       renderFront(figs);
-      return Promise.all([drawPareto(figs), draw("hypervolume", figs.hypervolume),
+      renderRungs(figs);
+      return Promise.all([drawPareto(figs), drawHypervolume(figs.hypervolume),
                           draw("parallel", figs.parallel)]);
     });
   }
@@ -186,9 +222,9 @@
     {key: "description", label: "architecture", html: function (r) {
       return '<span class="arch">' + esc(r.description) + "</span>"; }},
     {key: "params", label: "params", num: true}
-  ].concat(objectives.map(function (m) {
+  ].concat(objectives.filter(function (m) { return m !== "params"; }).map(function (m) {  // a column already
     return {key: "m:" + m, label: m, num: true, get: function (r) { return r.metrics[m]; }};
-  })).concat([
+  })).concat(state.search.fidelity ? [{key: "tokens", label: "tokens", num: true}] : []).concat([
     {key: "error", label: "error", html: function (r) {
       if (!r.error) return "";
       var short = r.error.length > 140 ? r.error.slice(0, 140) + "…" : r.error;
@@ -312,6 +348,7 @@
       });
     }
     if ($("stop")) $("stop").addEventListener("click", function () { stopSearch(false); });
+    if ($("rungs")) $("rungs").addEventListener("click", showPruned);
     Promise.all([refreshFigures(), loadRows()]).catch(function (e) {
       banner("Could not load the search: " + e.message, "bad");
     }).then(function () {
