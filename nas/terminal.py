@@ -215,7 +215,8 @@ class App(typer.Typer):
 
 
 class LiveProgress:
-    """`nas search`'s progress: done/total, running, failed, front size, hypervolume, ETA.
+    """`nas search`'s progress: done/total, running, failed, pruned, front size, hypervolume,
+    training tokens spent, ETA.
 
     A live bar on a terminal (or with $NAS_FORCE_PROGRESS), else one line per change.
     """
@@ -241,29 +242,32 @@ class LiveProgress:
         self.bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("running {task.fields[running]} · failed {task.fields[failed]} · "
-                       "infeasible {task.fields[infeasible]} · front {task.fields[front]} · "
-                       "HV {task.fields[hv]}"),
+                       "infeasible {task.fields[infeasible]} · pruned {task.fields[pruned]} · "
+                       "front {task.fields[front]} · HV {task.fields[hv]} · {task.fields[tokens]} tokens"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
             transient=False)
         self.bar.__enter__()
         self.task = self.bar.add_task(self.name, total=self.total, running=0, failed=0, infeasible=0,
-                                      front=0, hv="-")
+                                      pruned=0, front=0, hv="-", tokens="0")
         return self._update
 
     def _update(self, p: Any) -> None:
         hv = f"{p.hypervolume:.4g}" if p.hypervolume is not None else "-"
         self.bar.update(self.task, completed=p.done, total=p.total, running=p.running, failed=p.failed,
-                        infeasible=getattr(p, "infeasible", 0), front=p.front, hv=hv)
+                        infeasible=getattr(p, "infeasible", 0), pruned=getattr(p, "pruned", 0),
+                        front=p.front, hv=hv, tokens=f"{getattr(p, 'tokens', 0):,}")
 
     def _plain(self, p: Any) -> None:
-        infeasible = getattr(p, "infeasible", 0)
+        infeasible, pruned = getattr(p, "infeasible", 0), getattr(p, "pruned", 0)
         key = (p.done, p.failed, infeasible)
         if self._last != key:
             self._last = key
             hv = f"{p.hypervolume:.4g}" if p.hypervolume is not None else "-"
             never_trained = f"{infeasible} infeasible, " if infeasible else ""
+            stopped = f"{pruned} pruned, " if pruned else ""
             self.console.print(f"{p.done}/{p.total} done, {p.running} running, {p.failed} failed, "
-                               f"{never_trained}front {p.front}, HV {hv}", highlight=False)
+                               f"{never_trained}{stopped}front {p.front}, HV {hv}, "
+                               f"{getattr(p, 'tokens', 0):,} training tokens", highlight=False)
 
     def __exit__(self, *exc: Any) -> None:
         if self.enabled:
