@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=None,
                     help="trials of the run with rungs (default: the space's)")
     ap.add_argument("--full-trials", type=int, default=12,
-                    help="trials of the --no-fidelity run (default 12)")
+                    help="trials of the --no-fidelity run (default 12; 0 skips it)")
     add_smoke_flag(ap)
     args = ap.parse_args()
     from nas import pareto
@@ -156,6 +156,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="nas-bench-demo-") as tmp:
         for no_fidelity, trials in ((False, args.trials or space.trials), (True, args.full_trials)):
+            if not trials:  # --full-trials 0: the run with rungs only
+                continue
             rows.append(run_search(space, profiles, trials, no_fidelity, Path(tmp)))
             print(f"{rows[-1]['run']}: {rows[-1]['wall_s']} s, front {rows[-1]['front']}", flush=True)
     directions = space.directions()

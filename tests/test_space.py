@@ -208,10 +208,10 @@ def test_seeded_samplers_repeat_themselves(tiny):
     assert isinstance(make_sampler(tiny), optuna.samplers.TPESampler)
     nsga = SearchSpace.from_dict({**tiny.to_dict(), "sampler": {"name": "nsga2"}})
     assert isinstance(make_sampler(nsga), optuna.samplers.NSGAIISampler)
-    assert dict(nsga.sampler.options)["population_size"] == 4  # scaled to 12 trials
+    assert dict(nsga.sampler.options)["population_size"] == 7  # scaled to 30 trials
     gp = SearchSpace.from_dict({**tiny.to_dict(), "sampler": {"name": "gp"}})
     assert isinstance(make_sampler(gp), optuna.samplers.GPSampler)
-    assert dict(gp.sampler.options)["n_startup_trials"] == 4  # scaled to 12 trials, as TPE's
+    assert dict(gp.sampler.options)["n_startup_trials"] == 10  # scaled to 30 trials, as TPE's
     assert first_archs(gp) == first_archs(gp)
 
 
