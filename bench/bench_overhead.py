@@ -142,6 +142,7 @@ def main() -> None:
     d = load_space("tiny").to_dict()
     d["sampler"] = "random"
     d["name"] = "tiny-random"
+    d.pop("fidelity", None)  # where a full-budget trial's time goes: one rung, the whole budget
     rows = []
     with tempfile.TemporaryDirectory(prefix="nas-overhead-") as tmp:
         profile_file = smoke_inputs(d, Path(tmp)) if args.smoke else None

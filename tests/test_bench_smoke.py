@@ -32,14 +32,15 @@ SCRIPTS: dict[str, list[str]] = {
     "bench_service": [],
     "bench_latency_stability": [],
     "bench_throughput": [],
-    "collect_table": [],
+    "collect_tabular": [],
+    "bench_demo": [],
     "collect_fidelity": [],
     "bench_search_efficiency": [],
     "analyze_fidelity": [],
 }
 # Scripts that write results rows: each row must carry the commit and the package versions.
-WRITERS = {"bench_overhead", "bench_latency_accuracy", "bench_slm_findings", "collect_table",
-           "collect_fidelity"}
+WRITERS = {"bench_overhead", "bench_latency_accuracy", "bench_slm_findings", "collect_tabular", "bench_demo",
+           "collect_fidelity", "bench_search_efficiency"}
 NEEDS_TWO_CORES = {"bench_latency_accuracy"}  # it times on core 0 while training on core 1
 PARALLEL = 3
 TIMEOUT_S = 300
