@@ -15,9 +15,8 @@ table); an architecture missing from the table stops the replay.
 A replay is the driver's loop (`nas.search.driver`, `nas.search.study`) on an in-memory study:
 
 * the product's sampler (`nas.space.make_sampler` on the space with ``sampler`` and ``seed`` set;
-  options resolved for the space's ``trials: 48``), made afresh for each ask with
-  `nas.space.trial_seed` as the driver does; ``gp`` is ``optuna.samplers.GPSampler`` (not a
-  product sampler yet), made the same way;
+  options resolved for the space's ``trials: 48``: TPE and GP 10 start-up trials, NSGA-II
+  population 12), made afresh for each ask with `nas.space.trial_seed` as the driver does;
 * shape-only constraint violators are told PRUNED with their partial constraints; a draw of an
   architecture already evaluated or in flight is told its result (a follower of an in-flight
   one when it finishes) and uses no budget; after 20 such draws in a row an unseen architecture
@@ -174,17 +173,10 @@ class Method:
         return f"{self.sampler}+{kind}:{self.fidelity.min_tokens}/{self.fidelity.eta}"
 
 
-def make_sampler(space: SearchSpace, sampler: str, seed: int) -> optuna.samplers.BaseSampler:
-    import optuna
-
+def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    """The product's sampler for the space (``sampler.name`` set per method), as the driver makes it."""
     from nas.space import make_sampler as product_sampler
 
-    if sampler == "gp":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # The space's conditional names (n_head|d_model=64) are a dynamic search space to
-            # GPSampler: it samples them independently (at random) and warns on every ask.
-            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     return product_sampler(space, seed=seed)
 
 
@@ -218,8 +210,7 @@ def replay(table: Table, method: Method, seed: int, budgets: float) -> dict[str,
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     d = table.space.to_dict()
     d["seed"] = seed
-    if method.sampler != "gp":
-        d["sampler"] = {"name": method.sampler}
+    d["sampler"] = {"name": method.sampler}  # options resolved for the space's trials, as loaded
     space = SearchSpace.from_dict(d, source=table.space.source)
     ladder = RungLadder(space, method.fidelity)
     budget_tokens = budgets * space.budget.steps * space.budget.batch_size * space.budget.seq_len
@@ -237,7 +228,7 @@ def replay(table: Table, method: Method, seed: int, budgets: float) -> dict[str,
     effective = len(table.listed)
 
     def ask() -> tuple[Any, Architecture]:
-        study.sampler = make_sampler(space, method.sampler, trial_seed(space.seed, counts["asked"]))
+        study.sampler = make_sampler(space, trial_seed(space.seed, counts["asked"]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trial = study.ask()
