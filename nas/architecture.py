@@ -53,6 +53,11 @@ class Architecture:
     tie_embeddings: bool = True
     vocab_size: int = 256
     max_seq_len: int = 256
+    # Fixed by most models, but a parent checkpoint (issue 15) may say otherwise, and a candidate
+    # derived from it must compute what the parent computed. Left out of `to_dict` (and so of the
+    # hash) at these defaults: every architecture stored before the fields existed keeps its hash.
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -60,6 +65,10 @@ class Architecture:
         if isinstance(self.ffn_mult, int) and not isinstance(self.ffn_mult, bool):
             # 2 and 2.0 are the same architecture: one canonical form keeps the hash stable.
             object.__setattr__(self, "ffn_mult", float(self.ffn_mult))
+        for name in _FLOAT_FIELDS:  # 10000 and 10000.0 are one rotary base: one hash
+            value = getattr(self, name)
+            if _is_int(value):
+                object.__setattr__(self, name, float(value))
         _validate(self)
 
     # ----- derived shape -------------------------------------------------------------
@@ -191,7 +200,12 @@ class Architecture:
 
     # ----- identity and serialisation ------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, except the numeric constants still at their defaults (see above)."""
+        data = dataclasses.asdict(self)
+        for name, default in _FLOAT_FIELDS.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -239,7 +253,10 @@ class Architecture:
 
 # ----- validation ------------------------------------------------------------------------
 _INT_FIELDS = ("n_layer", "d_model", "n_head", "n_kv_head", "vocab_size", "max_seq_len")
-_CHECK_ORDER = (*_INT_FIELDS, "ffn_mult", "attention", "window", "sharing", "tie_embeddings")
+# Positive numeric constants of the model's math, with the defaults `to_dict` leaves out.
+_FLOAT_FIELDS = {"rms_norm_eps": 1e-5, "rope_theta": 10000.0}
+_CHECK_ORDER = (*_INT_FIELDS, "ffn_mult", "attention", "window", "sharing", "tie_embeddings",
+                *_FLOAT_FIELDS)
 
 
 def _fail(field: str, value: Any, reason: str) -> None:
@@ -277,6 +294,11 @@ def check_field(name: str, value: Any) -> Any:
     elif name == "tie_embeddings":
         if not isinstance(value, bool):
             _fail(name, value, "must be true or false")
+    elif name in _FLOAT_FIELDS:
+        if _is_int(value):
+            value = float(value)
+        if not isinstance(value, float) or not math.isfinite(value) or value <= 0:
+            _fail(name, value, "must be a positive number")
     else:
         raise KeyError(name)
     return value

@@ -21,9 +21,10 @@ The config mapping (`hf_config` one way, `architecture_from_hf_config` the other
 window``: transformers keeps key s for query t iff ``s > t - sliding_window``
 (``masking_utils.sliding_window_overlay``), exactly our ``t - window < s <= t``, so there is no
 off-by-one (the export tests show window +- 1 gives different logits). ``linear`` has no mapping
-(`hf_unsupported_reason`). `Architecture` has no field for the rotary base, the norm epsilon,
-biases or the activation: `nas.model` fixes them, so a config with other values is refused,
-naming the field, rather than read into a model that computes something else. The config spells
+(`hf_unsupported_reason`). The rotary base and the norm epsilon are `Architecture` fields (a
+parent's values carry over to its candidates); biases, the activation and rope scaling are not:
+`nas.model` fixes them, so a config with other values is refused, naming the field, rather than
+read into a model that computes something else. The config spells
 rope both as ``rope_parameters`` (transformers 5) and ``rope_theta`` (4.x) so both versions read it.
 
 Importing this module loads no torch (the file names and the config mapping are plain data for
@@ -32,6 +33,7 @@ the CLI, the model card and the service); torch and safetensors load when tensor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -101,8 +103,6 @@ def hf_config(arch: Architecture,
     ``special_tokens`` (`nas.data.Tokenizer.special_tokens`) names the BOS/EOS/pad ids, so
     ``generate`` stops at end-of-text; the byte tokenizer has none, and they stay null.
     """
-    from nas.model import RMS_NORM_EPS, ROPE_THETA
-
     if hf_unsupported_reason(arch) is not None:
         return None
     sliding = arch.attention == "sliding_window"
@@ -118,9 +118,9 @@ def hf_config(arch: Architecture,
         "head_dim": arch.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": arch.max_seq_len,
-        "rms_norm_eps": RMS_NORM_EPS,
-        "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA},
-        "rope_theta": ROPE_THETA,  # transformers 4.x reads this; 5.x folds it into rope_parameters
+        "rms_norm_eps": arch.rms_norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": arch.rope_theta},
+        "rope_theta": arch.rope_theta,  # transformers 4.x reads this; 5.x folds it into rope_parameters
         "tie_word_embeddings": arch.tie_embeddings,
         "attention_dropout": 0.0,
         "initializer_range": 0.02,
@@ -162,14 +162,15 @@ def tokenizer_config(arch: Architecture, special_tokens: Mapping[str, tuple[str,
 _FIELDS = {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_layer": "num_hidden_layers",
            "n_head": "num_attention_heads", "n_kv_head": "num_key_value_heads",
            "max_seq_len": "max_position_embeddings", "window": "sliding_window",
-           "tie_embeddings": "tie_word_embeddings", "ffn_mult": "intermediate_size"}
+           "tie_embeddings": "tie_word_embeddings", "ffn_mult": "intermediate_size",
+           "rms_norm_eps": "rms_norm_eps", "rope_theta": "rope_theta"}
 
 
 def architecture_from_hf_config(config: Mapping[str, Any], source: str = CONFIG_FILE) -> Architecture:
     """The `Architecture` a Llama/Mistral ``config.json`` describes (the inverse of `hf_config`).
 
     Refuses, naming the field and its value, whatever our model would compute differently:
-    another model type, activation, rotary base or scaling, norm epsilon, biases, a head_dim
+    another model type, activation, rotary scaling, biases, a head_dim
     other than hidden_size / heads, an FFN width our rounding cannot produce, quantization.
     ``ffn_mult`` is ``intermediate_size / hidden_size``: the config holds the width, not the
     multiplier a search sampled (2.7 and 3.0 both build 96 at d_model=32); our exports keep the
@@ -182,7 +183,7 @@ def architecture_from_hf_config(config: Mapping[str, Any], source: str = CONFIG_
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
         raise fail("model_type", f"is not one nas can read (known: {', '.join(MODEL_TYPES)})")
-    _check_fixed_math(config, fail)
+    rms_norm_eps, rope_theta = _check_fixed_math(config, fail)
     missing = [f for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                            "num_attention_heads", "max_position_embeddings") if f not in config]
     if missing:
@@ -199,6 +200,7 @@ def architecture_from_hf_config(config: Mapping[str, Any], source: str = CONFIG_
         "ffn_mult": (config["intermediate_size"] / d_model
                      if isinstance(config["intermediate_size"], int) and isinstance(d_model, int)
                      and d_model > 0 else config["intermediate_size"]),
+        "rms_norm_eps": rms_norm_eps, "rope_theta": rope_theta,
     }
     try:
         arch = Architecture(**fields)
@@ -216,14 +218,13 @@ def architecture_from_hf_config(config: Mapping[str, Any], source: str = CONFIG_
     return arch
 
 
-def _check_fixed_math(config: Mapping[str, Any], fail: Callable[[str, str], ConfigError]) -> None:
-    """What `nas.model` fixes rather than `Architecture` chooses must be what the config says."""
-    from nas.model import RMS_NORM_EPS, ROPE_THETA
-
+def _check_fixed_math(config: Mapping[str, Any],
+                      fail: Callable[[str, str], ConfigError]) -> tuple[Any, Any]:
+    """Refuse what `nas.model` cannot compute; returns the config's (norm epsilon, rotary base),
+    the two constants `Architecture` carries (missing ones are the defaults of both libraries)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Architecture)}
     if config.get("hidden_act", "silu") != "silu":
         raise fail("hidden_act", "must be 'silu': nas's feed-forward is SwiGLU")
-    if config.get("rms_norm_eps", RMS_NORM_EPS) != RMS_NORM_EPS:
-        raise fail("rms_norm_eps", f"must be {RMS_NORM_EPS:g}, the epsilon of nas's RMSNorm")
     for field in ("attention_bias", "mlp_bias"):
         if config.get(field):
             raise fail(field, "must be false: nas's projections have no bias")
@@ -235,11 +236,8 @@ def _check_fixed_math(config: Mapping[str, Any], fail: Callable[[str, str], Conf
     if rope.get("rope_type", "default") != "default" or config.get("rope_scaling"):
         field = "rope_scaling" if config.get("rope_scaling") else "rope_parameters"
         raise fail(field, "must be the default rotary embedding: nas has no rope scaling")
-    theta = rope.get("rope_theta", config.get("rope_theta", ROPE_THETA))
-    if theta != ROPE_THETA:
-        if "rope_theta" in rope:
-            raise fail("rope_parameters", f"has rope_theta={theta!r}; nas's rotary base is {ROPE_THETA:g}")
-        raise fail("rope_theta", f"must be {ROPE_THETA:g}, nas's rotary base")
+    theta = rope.get("rope_theta", config.get("rope_theta", defaults["rope_theta"]))
+    return config.get("rms_norm_eps", defaults["rms_norm_eps"]), theta
 
 
 # ----- weights ----------------------------------------------------------------------------

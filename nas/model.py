@@ -38,8 +38,6 @@ from nas.architecture import Architecture
 
 Cache = tuple[Tensor, ...]
 
-RMS_NORM_EPS = 1e-5
-ROPE_THETA = 10000.0
 LINEAR_ATTENTION_EPS = 1e-6  # keeps the normaliser positive; phi > 0 already, so it rarely matters
 INIT_STD = 0.02
 
@@ -47,7 +45,7 @@ INIT_STD = 0.02
 class RMSNorm(nn.Module):
     """LlamaRMSNorm: normalise in fp32, scale by a learned weight (initialised to ones)."""
 
-    def __init__(self, dim: int, eps: float = RMS_NORM_EPS) -> None:
+    def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.variance_epsilon = eps
@@ -60,13 +58,14 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rotary_cos_sin(position_ids: Tensor, head_dim: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def rotary_cos_sin(position_ids: Tensor, head_dim: int, dtype: torch.dtype,
+                   theta: float) -> tuple[Tensor, Tensor]:
     """Llama's default rotary table for the given positions: cos, sin each (B, T, hd).
 
     Computed from ``position_ids`` on every call (a few hundred FLOPs) rather than kept as a
     ``max_seq_len``-sized buffer, so the graphs carry no position table and any position works.
     """
-    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, head_dim, 2, dtype=torch.float32,
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32,
                                                    device=position_ids.device) / head_dim))
     freqs = position_ids.to(torch.float32)[:, :, None] * inv_freq  # (B, T, hd/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hd)
@@ -218,9 +217,9 @@ class Block(nn.Module):
 
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(arch.d_model)
+        self.input_layernorm = RMSNorm(arch.d_model, arch.rms_norm_eps)
         self.self_attn = Attention(arch)
-        self.post_attention_layernorm = RMSNorm(arch.d_model)
+        self.post_attention_layernorm = RMSNorm(arch.d_model, arch.rms_norm_eps)
         self.mlp = MLP(arch.d_model, arch.ffn_hidden)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, past: tuple[Tensor, Tensor] | None = None,
@@ -240,7 +239,7 @@ class NasLM(nn.Module):
         self.layer_to_block = arch.layer_to_block
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.d_model)
         self.layers = nn.ModuleList(Block(arch) for _ in range(arch.n_unique_blocks))
-        self.norm = RMSNorm(arch.d_model)
+        self.norm = RMSNorm(arch.d_model, arch.rms_norm_eps)
         self.lm_head = nn.Linear(arch.d_model, arch.vocab_size, bias=False)
         if arch.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -248,7 +247,8 @@ class NasLM(nn.Module):
     def _run(self, input_ids: Tensor, position_ids: Tensor, past: Cache | None,
              want_cache: bool) -> tuple[Tensor, Cache]:
         x = self.embed_tokens(input_ids)  # (B, T, d)
-        cos, sin = rotary_cos_sin(position_ids, self.arch.head_dim, x.dtype)  # (B, T, hd) each
+        cos, sin = rotary_cos_sin(position_ids, self.arch.head_dim, x.dtype,
+                                  self.arch.rope_theta)  # (B, T, hd) each
         cache: list[Tensor] = []
         for i, block_index in enumerate(self.layer_to_block):
             layer_past = None if past is None else (past[2 * i], past[2 * i + 1])

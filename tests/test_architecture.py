@@ -1,5 +1,6 @@
 """Architecture: validation names the field, JSON round trip, stable hash, exact formulas."""
 
+import dataclasses
 import json
 
 import pytest
@@ -29,6 +30,20 @@ def test_hash_is_canonical():
     assert Architecture(n_layer=2).hash != Architecture(n_layer=3).hash
     # Pinned: the hash must not change between releases or processes.
     assert Architecture().hash == "f44973438e2e7d68"
+
+
+def test_numeric_constants_change_the_hash_only_off_their_defaults():
+    # A parent's rotary base and norm epsilon (issue 15) are fields; every architecture stored
+    # before they existed (here one from bench/results/fidelity) must keep its hash.
+    old = Architecture(n_layer=1, d_model=48, n_head=2, vocab_size=256)
+    assert old.hash == "49b9341e11fc8d5e" and "rope_theta" not in old.to_dict()
+    llama3 = dataclasses.replace(old, rope_theta=500000, rms_norm_eps=1e-6)
+    assert llama3.rope_theta == 500000.0 and isinstance(llama3.rope_theta, float)
+    assert llama3.hash != old.hash and Architecture.from_dict(llama3.to_dict()) == llama3
+    assert dataclasses.replace(old, rope_theta=10000).hash == old.hash
+    for field, value in (("rope_theta", 0.0), ("rms_norm_eps", float("nan")), ("rope_theta", "1e4")):
+        with pytest.raises(ArchitectureError, match=rf"^{field}=.* must be a positive number"):
+            dataclasses.replace(old, **{field: value})
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -138,7 +138,7 @@ def test_linear_recurrent_equals_parallel(n_kv_head):
 
 def test_rotary_matches_llama_default():
     positions = torch.tensor([[0, 1, 5]])
-    cos, sin = rotary_cos_sin(positions, 8, torch.float32)
+    cos, sin = rotary_cos_sin(positions, 8, torch.float32, 10000.0)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8))
     angles = positions[0, :, None].float() * inv_freq
     torch.testing.assert_close(cos[0], torch.cat((angles, angles), -1).cos())

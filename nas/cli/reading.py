@@ -102,7 +102,7 @@ def pareto_command(
             "arch_hash": r.architecture.hash,
             **{m: r.metrics[m] for m in objectives},
             "params": r.architecture.n_params,
-            **{f"arch.{k}": v for k, v in r.architecture.to_dict().items()},
+            **{f"arch.{f.name}": getattr(r.architecture, f.name) for f in dataclasses.fields(Architecture)},
         }
         for r in analysis.front
     ]
