@@ -46,8 +46,9 @@ from torch import Tensor
 
 from nas import __version__
 from nas.architecture import Architecture
-from nas.checkpoint import ARCHITECTURE_FILE, HF_ATOL, hf_unsupported_reason, load, write_checkpoint
+from nas.checkpoint import HF_ATOL, load, write_checkpoint
 from nas.errors import ConfigError, ExportError
+from nas.hf_config import ARCHITECTURE_FILE, hf_unsupported_reason
 from nas.model import NasLM
 from nas.model_card import CARD_FILE, METRICS_FILE, render_card
 from nas.specs import DataSpec, ProxyBudget

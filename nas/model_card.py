@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from nas.architecture import Architecture
-from nas.checkpoint import (
+from nas.hf_config import (
     ARCHITECTURE_FILE,
     CONFIG_FILE,
     GENERATION_CONFIG_FILE,

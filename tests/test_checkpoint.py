@@ -19,60 +19,15 @@ import torch
 
 import nas
 from nas.architecture import Architecture
-from nas.checkpoint import (
-    CheckpointError,
-    architecture_from_hf_config,
-    hf_config,
-    load,
-    read_architecture,
-    read_checkpoint,
-    write_checkpoint,
-)
+from nas.checkpoint import CheckpointError, load, read_checkpoint, write_checkpoint
 from nas.errors import ConfigError, NotFoundError
+from nas.hf_config import architecture_from_hf_config, hf_config, read_architecture
 from nas.model import build_model
+from tests.parents import VOCAB, WINDOW
+from tests.parents import hf_config as _config
+from tests.parents import hf_parent as _parent
+from tests.parents import save_tokenizer as _save_tokenizer
 from tests.tiny_models import one_thread, tiny  # noqa: F401 - fixture
-
-transformers = pytest.importorskip("transformers")
-
-VOCAB = 64
-WINDOW = 3
-
-
-def _config(kind: str = "llama", **overrides: Any) -> Any:
-    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                  rms_norm_eps=1e-5, tie_word_embeddings=True)
-    common.update(overrides)
-    if kind == "mistral":
-        return transformers.MistralConfig(sliding_window=WINDOW, **common)
-    return transformers.LlamaConfig(**common)
-
-
-def _save_tokenizer(directory: Path, size: int = VOCAB) -> None:
-    """A word-level tokenizer.json as `PreTrainedTokenizerFast.save_pretrained` writes it."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"<unk>": 0, **{f"w{i}": i for i in range(1, size)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>")
-    fast.save_pretrained(directory)
-
-
-def _parent(directory: Path, config: Any, seed: int = 0, tokenizer: bool = True,
-            **save: Any) -> Any:
-    """A tiny transformers model with every weight random (norms too), saved to ``directory``."""
-    torch.manual_seed(seed)
-    cls = transformers.MistralForCausalLM if config.model_type == "mistral" else transformers.LlamaForCausalLM
-    hf = cls(config).eval()
-    with torch.no_grad():
-        for name, param in hf.named_parameters():
-            if "norm" in name:  # ones at init: make a wrong mapping of norms visible
-                param.add_(0.2 * torch.randn_like(param))
-    hf.save_pretrained(directory, **save)
-    if tokenizer:
-        _save_tokenizer(directory)
-    return hf
 
 
 def _ids(length: int = 12) -> torch.Tensor:

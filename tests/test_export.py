@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 import nas
 from nas import export as export_mod
 from nas.architecture import Architecture, static_metrics
-from nas.checkpoint import hf_config, to_hf_state_dict
+from nas.checkpoint import to_hf_state_dict
 from nas.errors import ConfigError, ExportError, NotFoundError
 from nas.export import (
     HF_ATOL,
@@ -32,6 +32,7 @@ from nas.export import (
     export_candidate,
 )
 from nas.fronts import load_front
+from nas.hf_config import hf_config
 from nas.model import NasLM, build_model
 from nas.model_card import generation_settings
 from nas.pick import parse_where, pick_candidate
