@@ -55,6 +55,9 @@ class ProxyResult:
     status: ProxyStatus = "ok"
     reason: str = ""
     device: str = "cpu"
+    # Distilled runs only: mean KL(parent || candidate) in nats/token on the same validation
+    # tokens as val_loss (temperature 1); None when trained without a teacher.
+    val_kl: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class CandidateResult:
     weights: bytes | None = None  # safetensors bytes of the trained model
     node: str = ""
     rung: RungLoss | None = None  # the rung it ended at, written with it (complete or pruned)
+    # How its initial weights came from the search's parent (`nas.derivation.Derivation.to_dict`,
+    # plain JSON); None when it trained from scratch.
+    derivation: dict[str, Any] | None = None
 
 
 def to_jsonable(value: Any) -> Any:

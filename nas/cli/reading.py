@@ -62,16 +62,44 @@ def show(
         None, "--state", help="List the trials in this state only (repeatable), e.g. --state pruned."
     ),
     trial: int | None = typer.Option(
-        None, "--trial", min=0, help="Show one trial: its numbers, error and loss at every rung."
+        None, "--trial", min=0, help="Show one trial: its numbers, error, loss at every rung and, "
+        "in a search from a parent, how it was derived from the parent."
     ),
 ) -> None:
     """Show a search's Pareto front as a table (knee marked), by trial number, and its rungs
-    (candidates that reached each and were pruned there) when it trains by successive halving."""
+    (candidates that reached each and were pruned there) when it trains by successive halving;
+    a search from a parent first names the parent."""
     store = _read_store(db)
     if trial is not None:
         _print_trial(store, name, trial)
+        _print_derivation(store.candidate_by_trial(name, trial).derivation)
         return
+    _print_parent(store.get_search(name).parent)
     _print_front(store, name, every_trial=show_all, states=[s.value for s in state or []])
+
+
+def _print_parent(parent: dict | None) -> None:
+    """The search's parent in one line (`nas.service.lineage`, as its page says it); nothing
+    for a search from scratch."""
+    from nas.service.lineage import parent_line
+
+    if parent:
+        common.console.print(parent_line(parent), markup=False, highlight=False)
+
+
+def _print_derivation(derivation: dict | None) -> None:
+    """How a trial came from the parent, as its page's "Derived from the parent" section."""
+    from nas.service.lineage import derivation_rows, derivation_summary
+    from nas.terminal import table
+
+    if not derivation:
+        return
+    grid = table(common.console, "", "", title="Derived from the parent")
+    grid.show_header = False
+    grid.caption = escape(derivation_summary(derivation))
+    for key, value in derivation_rows(derivation):
+        grid.add_row(escape(key), escape(value))
+    common.console.print(grid)
 
 
 class Format(str, Enum):

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from nas import plots
 from nas.errors import NotFoundError
 from nas.service.api import load_candidate
+from nas.service.lineage import derivation_rows, derivation_summary
 from nas.service.templating import plotly_js_path
 from nas.service.views import ACTIVE_STATUSES, candidate_out, search_out, search_url, summary_out
 
@@ -85,7 +86,9 @@ def candidate_page(candidate_id: int, request: Request) -> HTMLResponse:
                "weights int8 (MB)": arch.weight_bytes("int8") / 1e6,
                "KV cache per token (bytes)": arch.kv_cache_bytes_per_token}
     return render(request, "candidate.html", c=candidate, n_rungs=n_rungs,
-                  objectives=view.analysis.metrics, derived=derived, loss_figure=figure)
+                  objectives=view.analysis.metrics, derived=derived, loss_figure=figure,
+                  lineage=derivation_rows(record.derivation),
+                  lineage_summary=derivation_summary(record.derivation))
 
 
 @router.get("/vendor/plotly.min.js")

@@ -79,6 +79,9 @@ class SearchOut(SearchSummaryOut):
                                       "pruned there; from the candidates, as of their latest view")
     tokens_spent: int | None = Field(description="training tokens spent on every rung of every "
                                      "candidate; null if some were stored before rungs were")
+    parent: dict[str, Any] | None = Field(None, description="the parent checkpoint candidates "
+                                          "are derived from: path, fingerprint, depth, "
+                                          "architecture, params; null: trained from scratch")
 
 
 class HypervolumePointOut(BaseModel):
@@ -151,6 +154,11 @@ class CandidateOut(CandidateBrief):
     started_at: datetime
     finished_at: datetime | None
     has_weights: bool
+    derivation: dict[str, Any] | None = Field(None, description="how its initial weights came "
+                                              "from the search's parent (parent fingerprint, "
+                                              "depth, blocks: the parent layers of each unique "
+                                              "block, (parent, candidate) widths, kv_pooling); "
+                                              "null without a parent")
     search_url: str
     export_url: str = Field(description="zip of the exported model (architecture, ONNX, weights)")
 

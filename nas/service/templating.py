@@ -12,6 +12,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from nas.dates import format_when
+from nas.service.lineage import parent_line
 from nas.util import format_value, json_safe
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +55,7 @@ def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)),
                       autoescape=select_autoescape(["html", "svg"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(script_json=script_json, fmt=format_value, when=format_when, duration=_duration)
+    env.filters.update(script_json=script_json, fmt=format_value, when=format_when, duration=_duration,
+                       parent_line=parent_line)
     env.globals.update(static_text=static_text)
     return env

@@ -199,6 +199,7 @@ def search_out(summary: SearchSummary, search: SearchRecord) -> dict[str, Any]:
         "started_at": search.started_at,
         "fidelity": search.fidelity,
         "rung_tokens": list(search.rung_tokens),
+        "parent": search.parent,
     }
 
 
@@ -239,6 +240,7 @@ def candidate_out(record, view: SearchView) -> dict[str, Any]:
         "started_at": record.started_at,
         "finished_at": record.finished_at,
         "has_weights": record.has_weights,
+        "derivation": record.derivation,
         "search_url": search_url(record.search),
         "export_url": f"/api/candidates/{record.id}/export",
     }

@@ -58,6 +58,9 @@ class SearchRecord:
     updated_at: datetime  # last write to the search or any of its candidates
     heartbeat_at: datetime | None = None  # last sign of life of its driver
     fidelity: dict[str, Any] | None = None  # {min_tokens, eta, rung_tokens}; None: one rung
+    # The parent its candidates derive from (`nas.parent.ParentRef.record`: path, fingerprint,
+    # depth, architecture, params); None: a search from scratch.
+    parent: dict[str, Any] | None = None
 
     @property
     def rung_tokens(self) -> tuple[int, ...]:
@@ -111,6 +114,9 @@ class CandidateRecord:
     finished_at: datetime | None
     has_weights: bool
     rungs: tuple[RungLoss, ...] = ()  # the loss at every rung it reached, first rung first
+    # How it was derived from the search's parent (`nas.derivation.Derivation.to_dict`); None
+    # without a parent, and in lists read with ``with_proxy=False`` (`Store.candidates`).
+    derivation: dict[str, Any] | None = None
 
     @property
     def tokens(self) -> int:

@@ -7,12 +7,11 @@ idempotent, so `retrying` may re-run it after a lost connection without duplicat
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -27,10 +26,10 @@ from nas.store.records import (
     SearchRecord,
     SearchSummary,
     SnapshotRecord,
-    shown_status,
 )
 from nas.store.rows import (
     candidate_row,
+    check_same_search,
     delete_results,
     delete_training,
     latency_values,
@@ -38,6 +37,7 @@ from nas.store.rows import (
     profile_latency,
     search_record,
     search_row,
+    search_summaries,
     snapshot_record,
     trial_rows,
     write_rung,
@@ -138,22 +138,20 @@ class Store(RungStore):
     def create_search(self, name: str, *, space: dict[str, Any], space_hash: str,
                       profiles: Sequence[dict[str, Any]], objectives: Sequence[tuple[str, str]],
                       constraints: Sequence[str], data: dict[str, Any], budget: dict[str, Any],
-                      trials: int, study_name: str,
-                      fidelity: dict[str, Any] | None = None) -> SearchRecord:
-        """Create a running search; if it exists with the same space and study, return it.
+                      trials: int, study_name: str, fidelity: dict[str, Any] | None = None,
+                      parent: dict[str, Any] | None = None) -> SearchRecord:
+        """Create a running search; if it exists with the same space, study and parent, return it.
 
-        Returning the existing one makes a retried create harmless; a different space or
-        study under the same name is a StoreError (the driver checks `find_search` first).
+        ``parent`` is `nas.parent.ParentRef.record` (None: candidates train from scratch).
+        Returning the existing one makes a retried create harmless; a different space, study
+        or parent fingerprint under the same name is a StoreError (the driver checks
+        `find_search` first).
         """
         now = utcnow()
         with self._write() as session:
             row = session.scalar(select(Search).where(Search.name == name))
             if row is not None:
-                if row.space_hash != space_hash or row.study_name != study_name:
-                    raise StoreError(
-                        f"search {name!r} already exists with another space or study "
-                        f"(space hash {row.space_hash} vs {space_hash}, study {row.study_name!r} "
-                        f"vs {study_name!r})")
+                check_same_search(row, space_hash, study_name, parent)
                 return search_record(row)
             row = Search(name=name, space=dict(space), space_hash=space_hash,
                          profiles=[dict(p) for p in profiles],
@@ -162,7 +160,8 @@ class Store(RungStore):
                          trials=trials, status="running", study_name=study_name,
                          reference_point=None, error="", created_at=now, started_at=now,
                          finished_at=None, updated_at=now, heartbeat_at=now,
-                         fidelity=None if fidelity is None else dict(fidelity))
+                         fidelity=None if fidelity is None else dict(fidelity),
+                         parent=None if parent is None else to_jsonable(parent))
             session.add(row)
             session.flush()
             return search_record(row)
@@ -183,40 +182,7 @@ class Store(RungStore):
     def list_searches(self) -> list[SearchSummary]:
         """All searches, oldest first; three queries whatever the number of searches."""
         with self._read() as session:
-            searches = session.execute(
-                select(Search.id, Search.name, Search.status, Search.trials, Search.created_at,
-                       Search.updated_at, Search.finished_at, Search.heartbeat_at)
-                .order_by(Search.created_at, Search.id)
-            ).all()
-            counts: dict[int, dict[str, int]] = defaultdict(dict)
-            for search_id, state, n in session.execute(
-                    select(Candidate.search_id, Candidate.state, func.count())
-                    .group_by(Candidate.search_id, Candidate.state)):
-                counts[search_id][state] = n
-            latest = (select(ParetoSnapshot.search_id,
-                             func.max(ParetoSnapshot.n_complete).label("n_complete"))
-                      .group_by(ParetoSnapshot.search_id).subquery())
-            fronts = {
-                search_id: (hypervolume, front) for search_id, hypervolume, front in session.execute(
-                    select(ParetoSnapshot.search_id, ParetoSnapshot.hypervolume, ParetoSnapshot.front)
-                    .join(latest, (ParetoSnapshot.search_id == latest.c.search_id)
-                          & (ParetoSnapshot.n_complete == latest.c.n_complete)))
-            }
-        summaries = []
-        for row in searches:
-            by_state = counts.get(row.id, {})
-            hypervolume, front = fronts.get(row.id, (None, []))
-            status = shown_status(row.status, row.heartbeat_at)
-            in_flight = by_state.get("running", 0)
-            live = status in LIVE_STATUSES
-            summaries.append(SearchSummary(
-                name=row.name, status=status, trials=row.trials,
-                n_complete=by_state.get("complete", 0), n_failed=by_state.get("failed", 0),
-                n_pruned=by_state.get("pruned", 0), n_running=in_flight if live else 0,
-                front_size=len(front), hypervolume=hypervolume, created_at=row.created_at,
-                updated_at=row.updated_at, finished_at=row.finished_at,
-                n_interrupted=0 if live else in_flight, n_infeasible=by_state.get("infeasible", 0)))
-        return summaries
+            return search_summaries(session)
 
     @retrying
     def set_status(self, name: str, status: str, error: str = "") -> None:
@@ -332,6 +298,7 @@ class Store(RungStore):
                     delete_training(session, row.id)
             row.architecture, row.arch_hash = architecture.to_dict(), architecture.hash
             row.state, row.error, row.timings, row.proxy, row.node = "running", "", {}, None, ""
+            row.derivation = None  # written with its result (`finish_candidate`)
             row.started_at, row.finished_at = now, None
             owner.updated_at = now
             session.flush()
@@ -344,7 +311,8 @@ class Store(RungStore):
 
         The candidate row is created if `start_candidate` was skipped (e.g. a candidate
         pruned before training). Metrics, latencies and weights replace what was stored;
-        ``result.rung`` (the rung it ended at) is written with them and its checkpoint dropped.
+        ``result.rung`` (the rung it ended at) is written with them and its checkpoint dropped;
+        ``result.derivation`` (how it came from the search's parent) replaces the stored one.
         """
         if result.state not in FINISHED_STATES:
             raise ValueError(f"state={result.state!r} must be one of {', '.join(FINISHED_STATES)}")
@@ -361,6 +329,7 @@ class Store(RungStore):
             row.state, row.error, row.node = result.state, result.error, result.node
             row.timings = {k: float(v) for k, v in result.timings.items()}
             row.proxy = None if result.proxy is None else to_jsonable(result.proxy)
+            row.derivation = None if result.derivation is None else to_jsonable(result.derivation)
             row.finished_at = now
             owner.updated_at = now
             session.flush()
@@ -437,8 +406,9 @@ class Store(RungStore):
                    with_proxy: bool = True) -> list[CandidateRecord]:
         """Candidates of a search by trial number, optionally only those in ``states``.
 
-        ``with_proxy=False`` leaves ``proxy`` empty: decoding every loss curve is ~90% of
-        reading 10,000 candidates, and lists, tables and fronts never show the curves.
+        ``with_proxy=False`` leaves ``proxy`` empty and ``derivation`` None: decoding every
+        loss curve is ~90% of reading 10,000 candidates, derivations add half again, and
+        lists, tables and fronts show neither (a candidate's page reads it by id).
         """
         with self._read() as session:
             where = [Candidate.search_id == search_row(session, search).id]

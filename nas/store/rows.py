@@ -4,35 +4,34 @@ and the frozen records `Store` hands out, kept apart from the queries and transa
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import ColumnElement, delete, literal, select
+from sqlalchemy import ColumnElement, delete, func, literal, select
 from sqlalchemy.orm import Session
 
 from nas.architecture import Architecture
-from nas.errors import NotFoundError
+from nas.errors import NotFoundError, StoreError
 from nas.results import LatencyStats, ProfileLatency, RungLoss
 from nas.store.records import (
     CandidateRecord,
     SearchRecord,
+    SearchSummary,
     SnapshotRecord,
     shown_status,
 )
 from nas.store.tables import (
+    LIVE_STATUSES,
     Candidate,
     Checkpoint,
     Latency,
     Metric,
+    ParetoSnapshot,
     Rung,
     Search,
     Weights,
 )
 
-if TYPE_CHECKING:
-    pass
-
 _NAMES_SHOWN = 20  # existing search names listed in a NotFoundError
-
 
 
 def search_row(session: Session, name: str) -> Search:
@@ -43,6 +42,22 @@ def search_row(session: Session, name: str) -> Search:
         shown = ", ".join(names[:_NAMES_SHOWN]) + (", ..." if len(names) > _NAMES_SHOWN else "")
         raise NotFoundError(f"no search named {name!r} (existing: {shown or 'none'})")
     return row
+
+
+def check_same_search(row: Search, space_hash: str, study_name: str,
+                      parent: dict[str, Any] | None) -> None:
+    """A create of an existing search must be a retry of the same one: the same space and
+    study, and the same parent (by fingerprint: the same files at another path are the same
+    parent); StoreError otherwise."""
+    if row.space_hash != space_hash or row.study_name != study_name:
+        raise StoreError(
+            f"search {row.name!r} already exists with another space or study "
+            f"(space hash {row.space_hash} vs {space_hash}, study {row.study_name!r} "
+            f"vs {study_name!r})")
+    stored, given = (None if p is None else p.get("fingerprint") for p in (row.parent, parent))
+    if stored != given:
+        raise StoreError(f"search {row.name!r} already exists with another parent (fingerprint "
+                         f"{stored or 'none'} vs {given or 'none'})")
 
 
 def candidate_row(session: Session, search_id: int, trial_number: int) -> Candidate | None:
@@ -116,7 +131,8 @@ def load_candidates(session: Session, *where: ColumnElement[bool],
         select(Candidate.id, Search.name, Candidate.trial_number, Candidate.architecture,
                Candidate.arch_hash, Candidate.state, Candidate.error, Candidate.attempts,
                Candidate.timings, Candidate.proxy if with_proxy else literal(None).label("proxy"),
-               Candidate.node, Candidate.started_at, Candidate.finished_at)
+               Candidate.node, Candidate.started_at, Candidate.finished_at,
+               Candidate.derivation if with_proxy else literal(None).label("derivation"))
         .join(Search, Search.id == Candidate.search_id).where(*where)
         .order_by(Candidate.search_id, Candidate.trial_number)).all()
     if not rows:
@@ -152,7 +168,8 @@ def load_candidates(session: Session, *where: ColumnElement[bool],
             metrics=metrics.get(row.id, {}), latencies=tuple(latencies.get(row.id, ())),
             proxy=row.proxy or {}, timings=row.timings, node=row.node,
             started_at=row.started_at, finished_at=row.finished_at,
-            has_weights=row.id in with_weights, rungs=tuple(rungs.get(row.id, ()))))
+            has_weights=row.id in with_weights, rungs=tuple(rungs.get(row.id, ())),
+            derivation=row.derivation))
     return records
 
 
@@ -165,7 +182,46 @@ def search_record(row: Search) -> SearchRecord:
         reference_point=None if row.reference_point is None else tuple(row.reference_point),
         error=row.error, created_at=row.created_at, started_at=row.started_at,
         finished_at=row.finished_at, updated_at=row.updated_at, heartbeat_at=row.heartbeat_at,
-        fidelity=row.fidelity)
+        fidelity=row.fidelity, parent=row.parent)
+
+
+def search_summaries(session: Session) -> list[SearchSummary]:
+    """Every search, oldest first, with its counts per state and latest Pareto snapshot:
+    three queries whatever the number of searches (`Store.list_searches`)."""
+    searches = session.execute(
+        select(Search.id, Search.name, Search.status, Search.trials, Search.created_at,
+               Search.updated_at, Search.finished_at, Search.heartbeat_at)
+        .order_by(Search.created_at, Search.id)
+    ).all()
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    for search_id, state, n in session.execute(
+            select(Candidate.search_id, Candidate.state, func.count())
+            .group_by(Candidate.search_id, Candidate.state)):
+        counts[search_id][state] = n
+    latest = (select(ParetoSnapshot.search_id,
+                     func.max(ParetoSnapshot.n_complete).label("n_complete"))
+              .group_by(ParetoSnapshot.search_id).subquery())
+    fronts = {
+        search_id: (hypervolume, front) for search_id, hypervolume, front in session.execute(
+            select(ParetoSnapshot.search_id, ParetoSnapshot.hypervolume, ParetoSnapshot.front)
+            .join(latest, (ParetoSnapshot.search_id == latest.c.search_id)
+                  & (ParetoSnapshot.n_complete == latest.c.n_complete)))
+    }
+    summaries = []
+    for row in searches:
+        by_state = counts.get(row.id, {})
+        hypervolume, front = fronts.get(row.id, (None, []))
+        status = shown_status(row.status, row.heartbeat_at)
+        in_flight = by_state.get("running", 0)
+        live = status in LIVE_STATUSES
+        summaries.append(SearchSummary(
+            name=row.name, status=status, trials=row.trials,
+            n_complete=by_state.get("complete", 0), n_failed=by_state.get("failed", 0),
+            n_pruned=by_state.get("pruned", 0), n_running=in_flight if live else 0,
+            front_size=len(front), hypervolume=hypervolume, created_at=row.created_at,
+            updated_at=row.updated_at, finished_at=row.finished_at,
+            n_interrupted=0 if live else in_flight, n_infeasible=by_state.get("infeasible", 0)))
+    return summaries
 
 
 def snapshot_record(row: Any) -> SnapshotRecord:

@@ -136,6 +136,9 @@ class Search(Base):
     # Successive-halving settings as run ({min_tokens, eta, rung_tokens}); None: one rung, the
     # whole budget. A resumed search keeps these whatever the request says.
     fidelity: Mapped[dict[str, Any] | None]
+    # The parent checkpoint its candidates are derived from (`nas.parent.ParentRef.record`:
+    # path, fingerprint, depth, architecture, params); None: candidates train from scratch.
+    parent: Mapped[dict[str, Any] | None]
 
 
 class Candidate(Base):
@@ -162,6 +165,9 @@ class Candidate(Base):
     node: Mapped[str] = mapped_column(String(255))
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+    # How it was derived from the search's parent (`nas.derivation.Derivation.to_dict`); None in
+    # a search without a parent.
+    derivation: Mapped[dict[str, Any] | None]
 
 
 class Metric(Base):

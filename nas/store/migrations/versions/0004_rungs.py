@@ -50,9 +50,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("nas_pareto_snapshots") as batch:
+    # ALTER TABLE ... DROP COLUMN, never a copy: SQLite's DROP TABLE of the old nas_searches
+    # would cascade (foreign keys are on) and delete every candidate (see 0005_parent).
+    with op.batch_alter_table("nas_pareto_snapshots", recreate="never") as batch:
         batch.drop_column("tokens")
-    with op.batch_alter_table("nas_searches") as batch:
+    with op.batch_alter_table("nas_searches", recreate="never") as batch:
         batch.drop_column("fidelity")
     op.drop_table("nas_checkpoints")
     op.drop_table("nas_rungs")
