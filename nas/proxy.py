@@ -10,6 +10,14 @@ and ``budget.max_seconds`` ends it as ``"timeout"`` (still evaluated).
 The run is scored in fp32 on `nas.data.validation_batches` (the same tokens for every
 candidate). ``tokens_per_s`` covers the training loop; ``seconds`` the whole call.
 
+Distillation from a parent (`train`'s ``teacher`` or ``teacher_cache``; the loss terms and the
+cache live in `nas.distill`) changes the training loss only: val_loss stays the plain
+cross-entropy, and the KL to the parent is reported beside it (``ProxyResult.val_kl``).
+Cost (measured by bench/bench_distill.py): the parent's forward on every batch took a
+9.2M student's step from 9.8 to 18.7 s (19.3M parent, 1 thread, batch 32 x 256); a top-k
+cache, built once per (parent, data, budget, seed) for every candidate, cost no measurable
+time per step.
+
 Speed choices (the measurements behind them are in BENCHMARKS.md, "Measurements behind design
 choices"):
 
@@ -47,6 +55,7 @@ import torch.nn.functional as F
 
 from nas.architecture import Architecture
 from nas.data import TokenData, check_fits, validation_batches
+from nas.distill import TeacherCache, cache_key, kl_mean, log_probs, topk_kl_mean
 from nas.errors import ArchitectureError
 from nas.model import NasLM, build_model
 from nas.results import ProxyResult, ProxyStatus
@@ -182,10 +191,19 @@ def _curve(losses: np.ndarray, tokens_per_step: int) -> tuple[tuple[int, float],
                  for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo)
 
 
-@torch.inference_mode()
 def validation_loss(model: NasLM, data: TokenData, budget: ProxyBudget,
              device: torch.device | str = "cpu") -> float:
     """Mean validation loss (nats/token) on the fixed validation windows."""
+    return validation_scores(model, data, budget, device)[0]
+
+
+@torch.inference_mode()
+def validation_scores(model: NasLM, data: TokenData, budget: ProxyBudget,
+                      device: torch.device | str = "cpu", teacher: NasLM | None = None,
+                      teacher_cache: TeacherCache | None = None) -> tuple[float, float | None]:
+    """(mean cross-entropy, mean KL(teacher || model) or None) per token on the fixed validation
+    windows, at temperature 1, in fp32 (the score must not depend on the CPU's bf16). The KL
+    comes from ``teacher`` or, on its top-k + rest buckets, from ``teacher_cache``."""
     device = torch.device(device)
     batches = validation_batches(data, budget)
     inputs = torch.from_numpy(batches.inputs).to(device)
@@ -193,19 +211,29 @@ def validation_loss(model: NasLM, data: TokenData, budget: ProxyBudget,
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
+    kl = torch.zeros((), dtype=torch.float64, device=device)
     chunk = max(budget.batch_size, 1)
+    cached = None if teacher_cache is None else teacher_cache.val.to(device)
     for i in range(0, len(inputs), chunk):
-        logits = model(inputs[i:i + chunk])  # fp32: the score must not depend on the CPU's bf16
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                 targets[i:i + chunk].reshape(-1), reduction="sum").double()
+        logits = model(inputs[i:i + chunk])
+        # cross_entropy is nll_loss of log_softmax: the same numbers, one softmax for both.
+        logp = log_probs(logits.reshape(-1, logits.shape[-1]))
+        total += F.nll_loss(logp, targets[i:i + chunk].reshape(-1), reduction="sum").double()
+        if teacher is not None:
+            kl += kl_mean(teacher(inputs[i:i + chunk]).reshape(logp.shape), logp).double() * len(logp)
+        elif cached is not None:
+            kl += topk_kl_mean(logp, *cached.flat(slice(i, i + chunk))).double() * len(logp)
     model.train(was_training)
-    return float(total) / targets.numel()
+    n = targets.numel()
+    distilled = teacher is not None or teacher_cache is not None
+    return float(total) / n, (float(kl) / n if distilled else None)
 
 
 def train(arch: Architecture, budget: ProxyBudget, data: TokenData, device: str = "auto",
           seed: int = 0, threads: int | None = None,
           progress: Progress | None = None, model: NasLM | None = None, *,
-          stop_at: int | None = None, resume: bytes | None = None) -> TrainedModel:
+          stop_at: int | None = None, resume: bytes | None = None,
+          teacher: NasLM | None = None, teacher_cache: TeacherCache | None = None) -> TrainedModel:
     """Train ``arch`` for ``budget.tokens`` tokens and score it on the fixed validation set.
 
     ``model``: continue training these weights (in place; built for ``arch``) instead of a
@@ -216,9 +244,34 @@ def train(arch: Architecture, budget: ProxyBudget, data: TokenData, device: str 
     from such a checkpoint. The schedule is always the whole budget's (cosine to its end, so
     a rung's loss is the raw loss at that step): training to step a, then on to b, gives the
     same weights as training to b without a break (bitwise on CPU).
+
+    ``teacher``: distil from this parent (same vocab_size): the loss is
+    ``w * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - w) * CE`` with ``w, T =
+    budget.distill_weight, budget.distill_temperature`` (at ``w = 0`` the teacher is not run
+    while training: plain training, bitwise). It runs in eval mode under no_grad on the
+    training device (moved there in place, so a worker's one parent stays put between
+    candidates) and under the same autocast as the student. It is not in rung checkpoints:
+    pass it again with ``resume``. ``teacher_cache`` (`nas.distill.build_teacher_cache`) replaces it with
+    the parent's top-k logits on the same batches, computed once for every candidate.
+    ``val_loss`` stays the plain cross-entropy, comparable with from-scratch candidates;
+    ``result.val_kl`` is KL(teacher || student) per token on the same tokens at T = 1 (on the
+    cache's top-k + rest buckets with a cache: a lower bound, exact at k = vocab). The curve
+    and the divergence check stay on the cross-entropy part.
+
+    Memory of a distilling worker, on top of the student's own run: the parent's fp32
+    weights (4 bytes/parameter, loaded once per process) plus, per step, the parent's logits
+    and their log-softmax and KL temporaries, about 3.5 fp32 (B*T, V) tensors (its forward
+    runs under no_grad, so its other activations are one layer's, small next to the logits):
+    extra ~= 4 * parent_params + 14 * B * T * V bytes. Measured (bench/bench_distill.py, peak
+    RSS of one step, batch 32 x 256, vocab 8192, so one (B*T, V) tensor is 268 MB; 9.2M
+    student): 2.87 GB without a teacher, 3.83 GB with a 19.3M parent (+0.96 GB), 2.62 GB with
+    a cache and no parent. A cache costs ``cache.nbytes`` instead: 130 bytes per training
+    token at k = 32 (int16 indices, fp16 values), 650 MB for slm's 5M-token budget.
     """
     if model is not None and resume is not None:
         raise ValueError("give model or resume, not both")
+    if teacher is not None and teacher_cache is not None:
+        raise ValueError("give teacher or teacher_cache, not both")
     if stop_at is not None and not 1 <= stop_at <= budget.steps:
         raise ValueError(f"stop_at={stop_at} must be within the budget's 1..{budget.steps} steps")
     if model is not None and model.arch != arch:
@@ -229,18 +282,60 @@ def train(arch: Architecture, budget: ProxyBudget, data: TokenData, device: str 
             f"vocab_size={arch.vocab_size} is smaller than the tokenizer's "
             f"{data.vocab_size} ({data.tokenizer_name})", field="vocab_size", value=arch.vocab_size)
     check_fits(data, budget)
+    if teacher is not None and teacher.arch.vocab_size != arch.vocab_size:
+        raise ArchitectureError(
+            f"the teacher's vocab_size={teacher.arch.vocab_size} differs from the student's "
+            f"vocab_size={arch.vocab_size}: distillation compares their logits token by token",
+            field="vocab_size", value=teacher.arch.vocab_size)
+    if teacher_cache is not None:
+        teacher_cache.check(cache_key(arch.vocab_size, budget, data, seed), budget.steps)
     dev = resolve_device(device)
     threads_ctx = cpu_threads(threads or default_threads()) if dev.type == "cpu" else contextlib.nullcontext()
     with threads_ctx:
-        return _train(arch, budget, data, dev, seed, progress, model, stop_at, resume)
+        return _train(arch, budget, data, dev, seed, progress, model, stop_at, resume,
+                      teacher, teacher_cache)
+
+
+class _Teacher:
+    """The KL term of a distilling step, from the parent itself or from its cached top-k."""
+
+    def __init__(self, budget: ProxyBudget, dev: torch.device, model: NasLM | None,
+                 cache: TeacherCache | None) -> None:
+        self.model = None if model is None else model.to(dev).eval()
+        self.cached = None if cache is None else cache.train.to(dev)
+        self.weight, self.temperature = budget.distill_weight, budget.distill_temperature
+        self.dev = dev
+
+    def kl(self, step: int, x: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
+        """Mean KL per position at the budget's temperature; student log-probs (B*T, V)."""
+        if self.cached is not None:
+            return topk_kl_mean(student_logp, *self.cached.flat(step), self.temperature)
+        assert self.model is not None
+        with torch.no_grad(), _autocast(self.dev):
+            logits = self.model(x)
+        return kl_mean(logits.reshape(student_logp.shape), student_logp, self.temperature)
+
+    def loss(self, step: int, x: torch.Tensor, student: torch.Tensor,
+             y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mixed loss, its cross-entropy); student logits (B*T, V) fp32, targets (B*T,)."""
+        t = self.temperature
+        logp = log_probs(student, t)
+        # At T = 1 the CE reuses the KL's log-softmax (cross_entropy is nll_loss of it).
+        ce = F.nll_loss(logp, y) if t == 1 else F.cross_entropy(student, y)
+        return self.weight * t * t * self.kl(step, x, logp) + (1 - self.weight) * ce, ce
 
 
 def _train(arch: Architecture, budget: ProxyBudget, data: TokenData, dev: torch.device,
            seed: int, progress: Progress | None, init: NasLM | None = None,
-           stop_at: int | None = None, resume: bytes | None = None) -> TrainedModel:
+           stop_at: int | None = None, resume: bytes | None = None,
+           teacher: NasLM | None = None, cache: TeacherCache | None = None) -> TrainedModel:
     started = time.perf_counter()
     model = (build_model(arch, seed=seed) if init is None else init).to(dev)
     model.train()
+    distilled = teacher is not None or cache is not None
+    # At w = 0 the KL term is multiplied away: skip the teacher (and stay bitwise plain).
+    distill = (_Teacher(budget, dev, teacher, cache)
+               if distilled and budget.distill_weight > 0 else None)
     opt = make_optimizer(model, budget)
     params = [p for group in opt.param_groups for p in group["params"]]
     steps = budget.steps
@@ -265,13 +360,20 @@ def _train(arch: Architecture, budget: ProxyBudget, data: TokenData, dev: torch.
             group["lr"] = lrs[step]
         with _autocast(dev):
             logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        flat = logits.reshape(-1, logits.shape[-1]).float()
+        if distill is None:
+            loss = ce = F.cross_entropy(flat, y.reshape(-1))
+        else:
+            loss, ce = distill.loss(step, x, flat, y.reshape(-1))
         loss.backward()
         if budget.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, budget.grad_clip, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses[step] = loss.detach()
+        # The curve keeps the cross-entropy (comparable with from-scratch runs); a non-finite
+        # mixed loss still marks the step as diverged.
+        losses[step] = (loss.detach() if distill is None else
+                        torch.where(torch.isfinite(loss.detach()), ce.detach(), loss.detach()))
         done = step + 1
         now = time.perf_counter()
         timed_out = (budget.max_seconds is not None
@@ -302,17 +404,21 @@ def _train(arch: Architecture, budget: ProxyBudget, data: TokenData, dev: torch.
     checkpoint = None
     if status == "ok" and done < steps:
         checkpoint = _checkpoint(done, model, opt, batches, losses, earlier_seconds + train_seconds)
-    val_loss = math.inf
+    val_loss, val_kl = math.inf, None
     if status != "diverged":
-        val_loss = validation_loss(model, data, budget, dev)
+        val_loss, val_kl = validation_scores(model, data, budget, dev,
+                                             None if teacher is None else teacher.to(dev).eval(),
+                                             cache)
         if not math.isfinite(val_loss):
-            status, reason, val_loss = "diverged", f"validation loss is {val_loss}", math.inf
+            status, reason, val_loss, val_kl = ("diverged", f"validation loss is {val_loss}",
+                                                math.inf, None)
     trained_tokens = done * tokens_per_step
     segment_tokens = (done - start) * tokens_per_step
     result = ProxyResult(
         val_loss=val_loss, curve=curve, tokens=trained_tokens,
         tokens_per_s=segment_tokens / train_seconds if train_seconds > 0 else 0.0,
-        seconds=time.perf_counter() - started, status=status, reason=reason, device=str(dev))
+        seconds=time.perf_counter() - started, status=status, reason=reason, device=str(dev),
+        val_kl=val_kl)
     return TrainedModel(result, model.cpu().eval(), checkpoint)
 
 

@@ -7,6 +7,9 @@ CLI can read and write them without importing torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +43,10 @@ class ProxyBudget:
     grad_clip: float = 1.0
     max_seconds: float | None = None  # optional wall-clock cap
     val_tokens: int = 32_768  # the fixed validation set every candidate is scored on
+    # Distillation from a parent (used only when `nas.proxy.train` gets a teacher):
+    # loss = w * T^2 * KL(teacher/T || student/T) + (1 - w) * cross-entropy.
+    distill_weight: float = 0.5
+    distill_temperature: float = 1.0
 
     def validate(self, source: str | None = None) -> None:
         positive = ("tokens", "batch_size", "seq_len", "lr", "val_tokens")
@@ -56,17 +63,37 @@ class ProxyBudget:
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ConfigError(f"budget.max_seconds={self.max_seconds!r} must be positive",
                               source=source, field="budget.max_seconds", value=self.max_seconds)
+        w = self.distill_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+            raise ConfigError(f"budget.distill_weight={w!r} must be between 0 and 1 "
+                              "(0: cross-entropy only, 1: KL to the parent only)",
+                              source=source, field="budget.distill_weight", value=w)
+        t = self.distill_temperature
+        if (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
+                or t <= 0):
+            raise ConfigError(f"budget.distill_temperature={t!r} must be a positive number",
+                              source=source, field="budget.distill_temperature", value=t)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> ProxyBudget:
         return _from_mapping(cls, data, source, "budget")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, except the distillation settings while at their defaults: the budget
+        is part of `SearchSpace.hash`, so spaces written before distillation keep their hash."""
+        out = dataclasses.asdict(self)
+        for name in _LEFT_OUT_AT_DEFAULT:
+            if out[name] == _BUDGET_DEFAULTS[name]:
+                del out[name]
+        return out
 
     @property
     def steps(self) -> int:
         return max(1, self.tokens // (self.batch_size * self.seq_len))
+
+
+_LEFT_OUT_AT_DEFAULT = ("distill_weight", "distill_temperature")
+_BUDGET_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ProxyBudget)}
 
 
 @dataclass(frozen=True)
@@ -74,7 +101,9 @@ class DataSpec:
     """Which text and which tokenizer. ``corpus`` is ``"stdlib"`` (embedded) or paths/globs."""
 
     corpus: tuple[str, ...] = ("stdlib",)
-    tokenizer: str = "byte"  # "byte" or "bpe:<vocab size>"
+    # "byte", "bpe:<vocab size>" (trained on the corpus), or "file:<tokenizer.json>": a given
+    # tokenizer, a parent model's (issue 15), whose ids must stay the parent's.
+    tokenizer: str = "byte"
     val_fraction: float = 0.1
     seed: int = 0
 
@@ -90,10 +119,14 @@ class DataSpec:
                               source=source, field="data.corpus", value=[])
         tok = self.tokenizer
         if tok != "byte":
-            prefix, _, size = tok.partition(":")
-            if prefix != "bpe" or not size.isdigit() or int(size) < 260:
-                raise ConfigError(f"data.tokenizer={tok!r} must be 'byte' or 'bpe:<vocab size >= 260>'",
+            prefix, _, rest = tok.partition(":")
+            if not ((prefix == "bpe" and rest.isdigit() and int(rest) >= 260)
+                    or (prefix == "file" and rest)):
+                raise ConfigError(f"data.tokenizer={tok!r} must be 'byte', 'bpe:<vocab size >= 260>' "
+                                  "or 'file:<path to tokenizer.json>'",
                                   source=source, field="data.tokenizer", value=tok)
+            if prefix == "file":
+                _file_vocab_size(rest, source)  # a readable tokenizers file, checked up front
         if not 0 < self.val_fraction < 0.5:
             raise ConfigError(f"data.val_fraction={self.val_fraction!r} must be in (0, 0.5)",
                               source=source, field="data.val_fraction", value=self.val_fraction)
@@ -109,8 +142,87 @@ class DataSpec:
 
     @property
     def vocab_size(self) -> int:
-        return 256 if self.tokenizer == "byte" else int(self.tokenizer.split(":", 1)[1])
+        if self.tokenizer == "byte":
+            return 256
+        prefix, _, rest = self.tokenizer.partition(":")
+        return _file_vocab_size(rest) if prefix == "file" else int(rest)
+
+    @property
+    def tokenizer_file(self) -> str | None:
+        """The tokenizer.json of a ``file:`` tokenizer, else None."""
+        prefix, _, rest = self.tokenizer.partition(":")
+        return rest if prefix == "file" else None
 
     @property
     def hash(self) -> str:
         return stable_hash(self.to_dict())
+
+
+@functools.lru_cache(maxsize=16)
+def _read_vocab_size(path: str, mtime_ns: int) -> int:  # noqa: ARG001 - part of the cache key
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path).get_vocab_size(with_added_tokens=True)
+
+
+def _file_vocab_size(path: str, source: str | None = None) -> int:
+    """The ids a tokenizers file can produce (added tokens included); cached per file version."""
+    field = "data.tokenizer"
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError as err:
+        raise ConfigError(f"{field}='file:{path}': cannot read the tokenizer file "
+                          f"({err.strerror or err})", source=source, field=field,
+                          value=f"file:{path}") from None
+    try:
+        return _read_vocab_size(path, mtime)
+    except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception for a malformed file
+        raise ConfigError(f"{field}='file:{path}' is not a tokenizers file (tokenizer.json): {err}",
+                          source=source, field=field, value=f"file:{path}") from None
+
+
+DEPTH_STRATEGIES = ("importance", "uniform")
+
+
+@dataclass(frozen=True)
+class ParentSpec:
+    """A parent model a search derives its candidates from (issue 15): a local Hugging Face
+    Llama/Mistral checkpoint directory, or one `nas export` wrote. Read, never written.
+
+    ``depth``: how a shallower candidate picks the parent layers it keeps (`nas.derive`):
+    ``importance`` (the blocks that change their input most) or ``uniform`` (evenly spaced).
+    ``calibration_tokens``: training tokens the importance of layers, heads and channels is
+    measured on, once per search.
+    """
+
+    path: str  # absolute once a space is loaded (relative paths are the space file's)
+    depth: str = "importance"
+    calibration_tokens: int = 16_384
+
+    def validate(self, source: str | None = None) -> None:
+        if not isinstance(self.path, str) or not self.path:
+            raise ConfigError(f"parent.path={self.path!r} must name a checkpoint directory",
+                              source=source, field="parent.path", value=self.path)
+        if not os.path.isdir(self.path):
+            raise ConfigError(f"parent.path={self.path!r}: no such directory (a Hugging Face "
+                              "checkpoint: config.json, safetensors weights, tokenizer.json)",
+                              source=source, field="parent.path", value=self.path)
+        if self.depth not in DEPTH_STRATEGIES:
+            raise ConfigError(f"parent.depth={self.depth!r} must be one of {', '.join(DEPTH_STRATEGIES)}",
+                              source=source, field="parent.depth", value=self.depth)
+        tokens = self.calibration_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 64:
+            raise ConfigError(f"parent.calibration_tokens={tokens!r} must be an integer >= 64",
+                              source=source, field="parent.calibration_tokens", value=tokens)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> ParentSpec:
+        return _from_mapping(cls, data, source, "parent")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def tokenizer(self) -> str:
+        """The search's ``data.tokenizer``: the parent's own, so token ids stay its embedding rows."""
+        return f"file:{os.path.join(self.path, 'tokenizer.json')}"

@@ -37,10 +37,11 @@ SCRIPTS: dict[str, list[str]] = {
     "collect_fidelity": [],
     "bench_search_efficiency": [],
     "analyze_fidelity": [],
+    "bench_distill": [],
 }
 # Scripts that write results rows: each row must carry the commit and the package versions.
 WRITERS = {"bench_overhead", "bench_latency_accuracy", "bench_slm_findings", "collect_tabular", "bench_demo",
-           "collect_fidelity", "bench_search_efficiency"}
+           "collect_fidelity", "bench_search_efficiency", "bench_distill"}
 NEEDS_TWO_CORES = {"bench_latency_accuracy"}  # it times on core 0 while training on core 1
 PARALLEL = 3
 TIMEOUT_S = 300
