@@ -81,6 +81,7 @@ _RULES_VERSION = 2  # 2: binary files are refused (no cached binary served); BPE
 # What makes a file "not text" (shares of its decoded characters); see the module docstring.
 MAX_UNDECODABLE_SHARE = 0.01
 MAX_CONTROL_SHARE = 0.01
+MAX_UNKNOWN_SHARE = 0.01  # a given tokenizer's unknown-token share above which text is refused
 _MOSTLY = 0.5  # beyond this share of undecodable characters, the message just says "mostly"
 # C0 and C1 control characters except \t \n \f \r (NUL is refused on its own, first).
 _CONTROL_CHARS = re.compile("[\x01-\x08\x0b\x0e-\x1f\x7f-\x9f]")
@@ -177,6 +178,12 @@ class BPETokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         return cls(HFTokenizer.from_file(str(path)), vocab_size)
+
+    @property
+    def unk_id(self) -> int | None:
+        """The unknown token's id, for a model (word-level, WordPiece) that has one."""
+        unk = getattr(self._tok.model, "unk_token", None)
+        return None if not unk else self._tok.token_to_id(unk)
 
     @property
     def eos_id(self) -> int | None:
@@ -403,12 +410,47 @@ def _load_or_train_bpe(spec: DataSpec, corpus: _Corpus, cache: Path,
     return tok
 
 
+def _file_tokenizer(spec: DataSpec) -> BPETokenizer:
+    """A given tokenizers file (a parent's): its ids are the parent's embedding rows."""
+    path = spec.tokenizer_file
+    assert path is not None
+    tok = BPETokenizer.from_file(path, spec.vocab_size)
+    tok.name = spec.tokenizer
+    return tok
+
+
+def _tokenizer_identity(spec: DataSpec) -> tuple[str, ...]:
+    """What a cache key needs beyond the spec: a ``file:`` tokenizer's content, not its path."""
+    path = spec.tokenizer_file
+    return () if path is None else (hashlib.sha256(Path(path).read_bytes()).hexdigest(),)
+
+
 def load_tokenizer(spec: DataSpec, cache_dir: str | Path | None = None) -> Tokenizer:
     """The spec's tokenizer; a BPE is trained on the training split once, then cached."""
     spec.validate()
     if spec.tokenizer == "byte":
         return ByteTokenizer()
+    if spec.tokenizer_file is not None:
+        return _file_tokenizer(spec)
     return _load_or_train_bpe(spec, _resolve_corpus(spec), _cache_root(cache_dir), None)
+
+
+def check_encodes(tok: Tokenizer, tokens: np.ndarray, corpus: str) -> None:
+    """Refuse a corpus a given tokenizer cannot encode: more than 1% unknown-token ids.
+
+    A byte-level or byte-fallback tokenizer encodes everything; a word-level or a narrow
+    SentencePiece vocabulary maps foreign text to ``<unk>``, and a parent distilled on
+    ``<unk>`` learns nothing about the text.
+    """
+    unk_id = getattr(tok, "unk_id", None)
+    if unk_id is None or not len(tokens):
+        return
+    share = float(np.mean(tokens == unk_id))
+    if share > MAX_UNKNOWN_SHARE:
+        raise DataError(f"{corpus}: the tokenizer {tok.name} cannot encode this text: "
+                        f"{share:.1%} of its tokens are the unknown token (more than "
+                        f"{MAX_UNKNOWN_SHARE:.0%}); use a corpus in the parent's language and "
+                        "script, or a parent whose tokenizer covers it")
 
 
 # ----- tokenized data ------------------------------------------------------------------------
@@ -450,7 +492,8 @@ def prepare(spec: DataSpec, cache_dir: str | Path | None = None) -> TokenData:
     spec.validate()
     corpus = _resolve_corpus(spec)
     cache = _cache_root(cache_dir)
-    path = cache / "data" / f"{_key('data', _RULES_VERSION, spec.to_dict(), corpus.identity)}.npz"
+    key = _key('data', _RULES_VERSION, spec.to_dict(), corpus.identity, *_tokenizer_identity(spec))
+    path = cache / "data" / f"{key}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as npz:
@@ -465,11 +508,14 @@ def prepare(spec: DataSpec, cache_dir: str | Path | None = None) -> TokenData:
     tok: Tokenizer
     if spec.tokenizer == "byte":
         tok = ByteTokenizer()
+    elif spec.tokenizer_file is not None:
+        tok = _file_tokenizer(spec)
     else:
         tok = _load_or_train_bpe(spec, corpus, cache, train_texts)
     dtype = _token_dtype(spec.vocab_size)
     train = _tokenize(tok, train_texts, dtype)
     val = _tokenize(tok, val_texts, dtype)
+    check_encodes(tok, train, corpus.label)
     n_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
     description = (f"{corpus.label}: {len(docs)} files, {n_bytes / 1e6:.2f} MB; "
                    f"{tok.name} tokens: train {len(train):,}, val {len(val):,}")

@@ -31,6 +31,7 @@ from nas.specs import ProxyBudget
 
 if TYPE_CHECKING:
     from nas.data import TokenData
+    from nas.parent import ParentRef
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, *
                      threads: int | None = None, cores: Sequence[int] | None = None,
                      progress: Callable[[int, int, float], None] | None = None,
                      export: bool = True, stop_at: int | None = None,
-                     resume: bytes | None = None) -> TrainOutput:
+                     resume: bytes | None = None, parent: ParentRef | None = None) -> TrainOutput:
     """Proxy-train ``arch`` and export both ONNX graphs (parity-checked). Never raises.
 
     ``cores``: pin every thread there for this call only. The previous affinity is restored
@@ -126,27 +127,36 @@ def train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, *
     ``export=False``: train only (the search timed the shape step's graphs already).
     ``stop_at``/``resume``: one rung of successive halving (`nas.proxy.train`); a run that
     stopped before the budget's end returns its checkpoint instead of weights.
+    ``parent``: start from weights derived from the parent (`nas.derive`; the first rung only:
+    later rungs resume their checkpoint) and distil from it at every rung.
     """
     from nas.affinity import pinned
 
     with pinned(cores):
         return _train_and_export(arch, budget, data, seed=seed, threads=threads, progress=progress,
-                                 export=export, stop_at=stop_at, resume=resume)
+                                 export=export, stop_at=stop_at, resume=resume, parent=parent)
 
 
 def _train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, *, seed: int,
                       threads: int | None,
                       progress: Callable[[int, int, float], None] | None,
                       export: bool = True, stop_at: int | None = None,
-                      resume: bytes | None = None) -> TrainOutput:
+                      resume: bytes | None = None, parent: ParentRef | None = None) -> TrainOutput:
     started = time.perf_counter()
     node = socket.gethostname()
     try:
         from nas.onnx_export import export_onnx
         from nas.proxy import train, weights_to_bytes
 
+        start = teacher = None
+        if parent is not None:
+            from nas.parent import derived_start, parent_model
+
+            teacher = parent_model(parent)
+            if resume is None:
+                start, _derivation = derived_start(parent, arch)
         trained = train(arch, budget, data, seed=seed, threads=threads, progress=progress,
-                        stop_at=stop_at, resume=resume)
+                        stop_at=stop_at, resume=resume, model=start, teacher=teacher)
         proxy = trained.result
         trained_at = time.perf_counter()
         if proxy.status == "diverged":
@@ -199,6 +209,8 @@ def assemble(arch: Architecture, train: TrainOutput, latencies: Sequence[Profile
     metrics = shape_metrics(arch, latencies)
     metrics["val_loss"] = train.proxy.val_loss
     metrics["tokens_per_s"] = train.proxy.tokens_per_s
+    if train.proxy.val_kl is not None:  # distilled from a parent: how far from it
+        metrics["val_kl"] = train.proxy.val_kl
     return CandidateResult(arch, "complete", metrics=metrics, proxy=train.proxy,
                            latencies=tuple(latencies), timings=timings, weights=train.weights,
                            node=train.node)

@@ -120,6 +120,42 @@ def running_search(name: str) -> Callable[[Path], None]:
     return create
 
 
+def parent(path: str = "parent", *, files: tuple[str, ...] = ("config", "weights", "tokenizer"),
+           **config: Any) -> Callable[[Path], None]:
+    """A tiny transformers Llama saved at ``path`` (2 layers, width 32, 4 heads / 2 kv, 64
+    positions, a word-level tokenizer), then only ``files`` kept; ``config`` overrides config.json."""
+
+    def write(cwd: Path) -> None:
+        from parents import hf_config, hf_parent
+
+        root = cwd / path
+        hf_parent(root, hf_config(max_position_embeddings=64))
+        if config:
+            data = json.loads((root / "config.json").read_text())
+            data.update(config)
+            (root / "config.json").write_text(json.dumps(data))
+        kept = {"config": ["config.json"], "weights": ["model.safetensors"],
+                "tokenizer": ["tokenizer.json"]}
+        keep = {name for f in files for name in kept[f]}
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            if name not in keep:
+                (root / name).unlink()
+
+    return write
+
+
+# The e2e space searched from `parent()`: values the parent can give, its tokenizer.
+FROM_PARENT = {"parent": "parent", "data__tokenizer": None, "architecture": {
+    "n_layer": {"choices": [1, 2]}, "d_model": 32, "n_head": 4, "n_kv_head": {"choices": [1, 2]},
+    "ffn_mult": 2.0, "attention": "softmax", "sharing": "none", "tie_embeddings": True,
+    "max_seq_len": 64}}
+
+
+def from_parent(**changes: Any) -> Callable[[Path], None]:
+    architecture = {**FROM_PARENT["architecture"], **changes.pop("architecture", {})}
+    return space(**{**FROM_PARENT, "architecture": architecture, **changes})
+
+
 @dataclass(frozen=True)
 class Cli:
     """``nas ARGS`` run in a fresh folder after ``setup`` wrote its files there."""
@@ -159,6 +195,23 @@ CLI: dict[str, Cli] = {
         ["search", "bad.yaml"], [space(constraints=["params <= 5e3", "decode_mflops >= 0.2"])]
     ),
     "constraint-strict-operator": Cli(["search", "bad.yaml"], [space(constraints=["params < 2e5"])]),
+    # parent models
+    "parent-missing": Cli(["search", "bad.yaml"], [from_parent(parent="nowhere")]),
+    "parent-not-a-checkpoint": Cli(["search", "bad.yaml"], [from_parent(), text_file("parent/README", "x")]),
+    "parent-no-weights": Cli(["search", "bad.yaml"], [from_parent(), parent(files=("config", "tokenizer"))]),
+    "parent-no-tokenizer": Cli(["search", "bad.yaml"], [from_parent(), parent(files=("config", "weights"))]),
+    "parent-model-type": Cli(["search", "bad.yaml"], [from_parent(), parent(model_type="gpt2")]),
+    "parent-rope-scaling": Cli(["search", "bad.yaml"], [from_parent(), parent(
+        rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0})]),
+    "parent-bias": Cli(["search", "bad.yaml"], [from_parent(), parent(attention_bias=True)]),
+    "parent-head-dim": Cli(["search", "bad.yaml"], [from_parent(), parent(head_dim=16)]),
+    "parent-beyond-depth": Cli(["search", "bad.yaml"], [
+        from_parent(architecture={"n_layer": {"choices": [1, 3]}}), parent()]),
+    "parent-beyond-head-dim": Cli(["search", "bad.yaml"], [
+        from_parent(architecture={"n_head": {"choices": [2, 4]}}), parent()]),
+    "parent-tokenizer-conflict": Cli(["search", "bad.yaml"], [from_parent(data__tokenizer="byte"), parent()]),
+    "parent-corpus-unencodable": Cli(["search", "bad.yaml", "--profiles", str(PROFILE)],
+                                     [from_parent(), parent()]),
     # hardware profiles
     "profile-unknown": Cli([*SEARCH[:2], "--profiles", "nope"]),
     "profile-not-measured": Cli(["search", "space.yaml", "--profiles", "cpu-1t"], [space("space.yaml")]),
@@ -284,6 +337,8 @@ API: dict[str, Api] = {
         architecture={**BASE_SPACE["architecture"], "d_model": {"choices": []}})}),
     "api-space-yaml-reads-files": Api("POST", "/api/searches", {"name": "x", "space_yaml": api_space_yaml(
         data={"corpus": ["/etc/passwd"], "tokenizer": "byte"})}),
+    "api-space-yaml-parent": Api("POST", "/api/searches", {"name": "x", "space_yaml": api_space_yaml(
+        parent="/srv/models/llama")}),
     "api-unknown-profile": Api("POST", "/api/searches", {"name": "x", "space": "tiny", "profiles": ["tpu"]}),
     "api-name-taken-other-space": Api(
         "POST", "/api/searches", {"name": "taken", "space": "tiny"}, [existing_search(space_hash="0" * 16)]

@@ -280,3 +280,38 @@ def test_text_with_a_few_bad_bytes_still_trains(tmp_path: Path) -> None:
     path.write_bytes(raw)
     data = prepare(DataSpec(corpus=(str(path),)), tmp_path)
     assert len(data.train) + len(data.val) > 40_000
+
+
+def test_a_tokenizer_file_encodes_like_the_tokenizer_it_was_saved_from(tmp_path: Path) -> None:
+    # A parent's tokenizer.json (here: the byte tokenizer as `nas export` writes it) gives the
+    # ids the parent was trained on; the cache keys on the file's content, not its path.
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("déjà vu, the quick brown fox\n" * 400)
+    ByteTokenizer().save(tmp_path / "parent")
+    spec = DataSpec(corpus=(str(corpus),), tokenizer=f"file:{tmp_path / 'parent' / 'tokenizer.json'}")
+    assert spec.vocab_size == 256 and spec.tokenizer_file == str(tmp_path / "parent" / "tokenizer.json")
+    from_file = prepare(spec, cache_dir=tmp_path / "cache")
+    as_bytes = prepare(DataSpec(corpus=(str(corpus),)), cache_dir=tmp_path / "cache")
+    assert np.array_equal(from_file.train, as_bytes.train) and np.array_equal(from_file.val, as_bytes.val)
+    assert from_file.tokenizer_name == spec.tokenizer
+
+    # Another tokenizer at the same path: not served from the cache.
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "the": 1, "fox": 2}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.save(str(tmp_path / "parent" / "tokenizer.json"))
+    with pytest.raises(DataError, match=r"cannot encode this text: \d+\.\d% of its tokens are the unknown"):
+        prepare(spec, cache_dir=tmp_path / "cache")
+
+
+def test_a_missing_or_malformed_tokenizer_file_names_the_field(tmp_path: Path) -> None:
+    from nas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"tokenizer='file:.*nope.json': cannot read the tokenizer"):
+        DataSpec(tokenizer=f"file:{tmp_path / 'nope.json'}").validate()
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"data.tokenizer='file:.*bad.json' is not a tokenizers file"):
+        DataSpec(tokenizer=f"file:{tmp_path / 'bad.json'}").validate()
+    with pytest.raises(ConfigError, match=r"must be 'byte', 'bpe:<vocab size >= 260>' or 'file:"):
+        DataSpec(tokenizer="file:").validate()

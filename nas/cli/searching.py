@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,10 @@ def search(
     no_fidelity: bool = typer.Option(False, "--no-fidelity", help="Give every candidate the whole "
                                      "token budget, ignoring the space's fidelity (successive "
                                      "halving) block. A resumed search keeps how it was started."),
+    parent: str | None = typer.Option(None, "--parent", help="Derive candidates from this local "
+                                      "Hugging Face Llama/Mistral checkpoint (config.json, "
+                                      "safetensors, tokenizer.json; or a `nas export` directory) "
+                                      "and distil them from it. Default: the space's parent:, if any."),
 ) -> None:
     """Search a space for the Pareto front of quality vs latency vs size.
 
@@ -66,6 +71,10 @@ def search(
     if name is not None:  # before anything is read or written; '' is not "the default"
         check_name("--name", name)
     loaded = load_space(space)
+    if parent is not None:
+        from nas.space.parent import with_parent
+
+        loaded = with_parent(loaded, parent)
     if name is None:
         check_name("name", loaded.name, source=loaded.source)
     chosen = resolve_profiles(loaded, load_profiles(",".join(_split(profiles))) if profiles else None)
@@ -85,6 +94,11 @@ def search(
                   f"{', '.join(p.name for p in chosen)}, db {escape(store.describe_url())}",
                   highlight=False)
     common.console.print(_rungs_line(request), highlight=False)
+    if loaded.parent is not None and loaded.parent_architecture is not None:
+        common.console.print(f"parent: {escape(loaded.parent.path)} "
+                             f"({escape(loaded.parent_architecture.describe())}, "
+                             f"{loaded.parent_architecture.n_params:,} params): candidates inherit "
+                             f"its weights and are distilled from it", highlight=False)
     for note in (request.trials_note(), request.oversubscription()):
         if note:
             common.console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
@@ -101,7 +115,8 @@ def search(
                   f"{f', {outcome.n_pruned} pruned' if outcome.n_pruned else ''}, front of "
                   f"{len(outcome.front)}; {outcome.tokens:,} training tokens.", highlight=False)
     if outcome.status == "stopped":
-        command = _resume_command(space, outcome.name, db) + (" --no-fidelity" if no_fidelity else "")
+        command = (_resume_command(space, outcome.name, db) + (" --no-fidelity" if no_fidelity else "")
+                   + (f" --parent {shlex.quote(parent)}" if parent else ""))
         common.console.print(f"Resume with: [bold]{escape(command)}[/]",
                       highlight=False, soft_wrap=True)
     # soft_wrap: a terminal may wrap these lines, Rich never breaks a command or URL itself.

@@ -31,8 +31,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nas.architecture import Architecture, static_metrics
-from nas.errors import ConfigError, SearchError
+from nas.errors import SearchError
 from nas.evaluate import assemble, infeasible, pruned, shape_metrics
+from nas.parent import ParentRef, open_parent
 from nas.results import CandidateResult, RungLoss
 from nas.search.executor import RayExecutor, ray_error
 from nas.search.front import refresh_front
@@ -84,6 +85,8 @@ class SearchDriver:
         self._rejections_in_a_row = 0
         self._last_stop_poll = 0.0
         self._data_ref: Any = None  # the prepared tokens in Ray's object store
+        self._parent: ParentRef | None = None  # the model candidates derive from, if any
+        self._parent_ref: Any = None  # ... in Ray's object store
 
     @property
     def study(self) -> SearchStudy:
@@ -98,6 +101,8 @@ class SearchDriver:
         if existing is not None and self._nothing_to_do():
             return self._close_without_work(started)
         data = self._prepare_data()
+        self._parent = open_parent(self.space.parent, data, existing.parent if existing else None,
+                                   self.name, self.request.train_threads)
         self.executor.check_placement()
         with contextlib.ExitStack() as cleanup:
             cleanup.callback(self.executor.shutdown)  # the one place Ray is shut down
@@ -124,6 +129,7 @@ class SearchDriver:
         self._refresh_front()  # a resumed search's front, and its reference point once known
         self.study.repair(self._stored())
         self._data_ref = self.executor.put(data)
+        self._parent_ref = self.executor.put(self._parent) if self._parent is not None else None
         self._rerun_interrupted()
         while not self.stop_event.is_set():
             self._fill()
@@ -173,10 +179,7 @@ class SearchDriver:
 
         data = prepare(self.request.data_spec)
         check_fits(data, self.space.budget)
-        if data.vocab_size != self.space.vocab_size:
-            raise ConfigError(f"the tokenizer gives vocab_size={data.vocab_size} but the space fixes "
-                              f"{self.space.vocab_size}", source=self.space.source, field="vocab_size",
-                              value=self.space.vocab_size)
+        self.space.check_tokenizer(data.vocab_size)
         return data
 
     def _open_search(self, existing: SearchRecord | None) -> None:
@@ -190,7 +193,8 @@ class SearchDriver:
             objectives=list(zip(space.objective_names(), space.directions())),
             constraints=list(space.constraint_texts()), data=req.data_spec.to_dict(),
             budget=space.budget.to_dict(), trials=req.effective_trials, study_name=study_name(req.name),
-            fidelity=req.fidelity_record)
+            fidelity=req.fidelity_record,
+            parent=self._parent.record() if self._parent is not None else None)
 
     def _load_finished(self) -> None:
         """The finished results (what repeats are told) and every rung arrival, as stored."""
@@ -330,7 +334,8 @@ class SearchDriver:
         for entry in self.inflight.values():
             if entry.ready_to_train and entry.train_ref is None:
                 entry.train_ref = self.executor.submit_train(
-                    entry.arch, self._data_ref, self.ladder.stop_at(entry.rung), entry.checkpoint)
+                    entry.arch, self._data_ref, self.ladder.stop_at(entry.rung), entry.checkpoint,
+                    self._parent_ref)
 
     # ----- collecting results ----------------------------------------------------------------
     def _collect(self) -> None:
@@ -457,6 +462,8 @@ class SearchDriver:
 
     def _finish(self, entry: InFlight, result: CandidateResult) -> None:
         """The single store write of a finished trial; then Optuna hears it, and its repeats."""
+        if self._parent is not None:  # how it came from the parent, whatever its fate
+            result = dataclasses.replace(result, derivation=self._parent.plan(result.architecture).to_dict())
         record = self.store.finish_candidate(self.name, entry.number, result)
         first = self.finished.setdefault(record.arch_hash,
                                          Finished(entry.number, result.state, dict(result.metrics)))

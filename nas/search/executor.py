@@ -244,12 +244,13 @@ class RayExecutor:
             arch, req.space.seed, req.train_threads, req.measure_threads)
 
     def submit_train(self, arch: Architecture, data_ref: Any, stop_at: int | None = None,
-                     resume: bytes | None = None) -> Any:
-        """Train to step ``stop_at`` (a rung; None: the budget's end), from ``resume`` if given."""
+                     resume: bytes | None = None, parent_ref: Any = None) -> Any:
+        """Train to step ``stop_at`` (a rung; None: the budget's end), from ``resume`` if given;
+        ``parent_ref``: the search's `nas.parent.ParentRef` in the object store, or None."""
         req = self.request
         return self._tasks.train.options(**self.train_options()).remote(
             arch, req.space.budget, data_ref, req.space.seed, req.train_threads, req.measure_threads,
-            stop_at, resume)
+            stop_at, resume, parent_ref)
 
     def submit_measure(self, profile: HardwareProfile, graphs: ShapeOutput | TrainOutput) -> Any:
         return self._tasks.measure.options(**self.measure_options(profile)).remote(
@@ -330,14 +331,14 @@ def ray_tasks(ray: Any) -> RayTasks:
     @ray.remote
     def train(arch: Architecture, budget: Any, data: Any, seed: int, threads: int,
               measure_threads: int, stop_at: int | None = None,
-              resume: bytes | None = None) -> TrainOutput:
+              resume: bytes | None = None, parent: Any = None) -> TrainOutput:
         from nas.affinity import plan_cores
         from nas.evaluate import train_and_export
 
         plan = plan_cores(measure_threads)
         # Training only: the shape step's graphs were timed (latency depends on shape, not weights).
         output = train_and_export(arch, budget, data, seed=seed, threads=threads, cores=plan.train_cores,
-                                  export=False, stop_at=stop_at, resume=resume)
+                                  export=False, stop_at=stop_at, resume=resume, parent=parent)
         return dataclasses.replace(output, node=ray.get_runtime_context().get_node_id())
 
     @ray.remote

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from nas.errors import ConfigError, NasError
 from nas.names import NAME_RE, check_name  # one name rule for the CLI and the API
 from nas.states import LIVE_STATUSES
@@ -118,6 +120,7 @@ class Launcher:
             if len(space_yaml.encode()) > MAX_YAML_BYTES:
                 raise ConfigError(f"space_yaml is longer than {MAX_YAML_BYTES} bytes",
                                   field="space_yaml")
+            _refuse_server_files(space_yaml)  # before parsing: parsing a parent reads its files
             try:
                 loaded = SearchSpace.from_yaml_text(space_yaml, source="space_yaml")
             except ConfigError as err:  # locate the error inside the body's field
@@ -226,3 +229,25 @@ def child_db_url(store: Any) -> str:
 def is_memory_store(store: Any) -> bool:
     url = store.engine.url
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _refuse_server_files(space_yaml: str) -> None:
+    """A space sent over HTTP may not name a parent or a tokenizer file: reading them would let
+    a client probe the server's files (an error says whether a path exists). Checked on the raw
+    YAML, before the space is parsed; malformed YAML is left to the parser's message."""
+    try:
+        raw = yaml.safe_load(space_yaml)
+    except yaml.YAMLError:
+        return
+    if not isinstance(raw, dict):
+        return
+    why = "a search started over HTTP cannot read files on the server"
+    if raw.get("parent") is not None:
+        raise ConfigError(f"parent={raw['parent']!r} is not allowed: {why} (start a search from a "
+                          "parent with `nas search SPACE --parent DIR`)", source="space_yaml",
+                          field="space_yaml.parent", value=raw["parent"])
+    data = raw.get("data")
+    tokenizer = data.get("tokenizer") if isinstance(data, dict) else None
+    if isinstance(tokenizer, str) and tokenizer.startswith("file:"):
+        raise ConfigError(f"data.tokenizer={tokenizer!r} is not allowed: {why}", source="space_yaml",
+                          field="space_yaml.data.tokenizer", value=tokenizer)

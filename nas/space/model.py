@@ -22,7 +22,7 @@ from nas.architecture import Architecture
 from nas.errors import ConfigError
 from nas.fidelity import Fidelity
 from nas.objectives import Constraint, Objective, config_error
-from nas.specs import DataSpec, ProxyBudget
+from nas.specs import DataSpec, ParentSpec, ProxyBudget
 from nas.util import stable_hash
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class SearchSpace:
     budget: ProxyBudget = ProxyBudget()
     fidelity: Fidelity | None = None  # successive-halving rungs (`nas.fidelity`); None: one rung
     data: DataSpec = DataSpec()
+    parent: ParentSpec | None = None  # derive candidates from this checkpoint (`nas.space.parent`)
     sampler: SamplerSpec = SamplerSpec()
     seed: int = 0
     trials: int = 20
@@ -105,9 +106,17 @@ class SearchSpace:
     _heads: Mapping[int, tuple[int, ...]] = field(init=False, repr=False, compare=False)
     _kv: Mapping[int, tuple[int, ...]] = field(init=False, repr=False, compare=False)
     _sharing: Mapping[int, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    # The parent's shape (its config.json), read once: candidates take its vocab and constants.
+    _parent_arch: Architecture | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _build_tables(self)
+        arch = None
+        if self.parent is not None:
+            from nas.space.parent import parent_architecture
+
+            arch = parent_architecture(self.parent, self.source)
+        object.__setattr__(self, "_parent_arch", arch)
 
     # ----- construction ------------------------------------------------------------------
     @classmethod
@@ -144,6 +153,7 @@ class SearchSpace:
             # Left out when unset, so a space without rungs keeps the hash it always had.
             **({"fidelity": self.fidelity.to_dict()} if self.fidelity is not None else {}),
             "data": self.data.to_dict(),
+            **({"parent": self.parent.to_dict()} if self.parent is not None else {}),
             "architecture": arch,
         }
 
@@ -161,8 +171,27 @@ class SearchSpace:
 
     @property
     def vocab_size(self) -> int:
-        """Every candidate's vocabulary: set by ``data.tokenizer``, never searched."""
+        """Every candidate's vocabulary: the parent's, or set by ``data.tokenizer``; never searched."""
+        if self._parent_arch is not None:
+            return self._parent_arch.vocab_size
         return self.data.vocab_size
+
+    def check_tokenizer(self, ids: int) -> None:
+        """The prepared data's tokenizer fits every candidate's vocabulary: exactly, or, from a
+        parent, within it (a parent's embedding may have more rows than its tokenizer has ids)."""
+        if ids > self.vocab_size or (self.parent is None and ids != self.vocab_size):
+            raise ConfigError(f"the tokenizer gives vocab_size={ids} but the space fixes "
+                              f"{self.vocab_size}", source=self.source, field="vocab_size",
+                              value=self.vocab_size)
+
+    @property
+    def parent_architecture(self) -> Architecture | None:
+        """The parent's architecture (from its config), or None for a search from scratch."""
+        return self._parent_arch
+
+    def heads_for(self, d_model: int) -> tuple[int, ...]:
+        """The n_head values the space allows with this d_model."""
+        return self._heads[d_model]
 
     # ----- objectives and constraints (evaluated by `nas.objectives`) --------------------
     def metric_names(self) -> list[str]:
@@ -223,9 +252,16 @@ class SearchSpace:
             n_layer=n_layer, d_model=d_model, n_head=n_head, n_kv_head=n_kv_head,
             ffn_mult=ffn_mult, attention=attention, window=window, sharing=sharing,
             tie_embeddings=pick("tie_embeddings", None, a["tie_embeddings"]),
-            vocab_size=self.data.vocab_size,
+            vocab_size=self.vocab_size,
             max_seq_len=pick("max_seq_len", None, a["max_seq_len"]),
+            **self._constants(),
         )
+
+    def _constants(self) -> dict[str, float]:
+        """The parent's norm epsilon and rotary base: a derived candidate computes as it does."""
+        parent = self._parent_arch
+        return {} if parent is None else {"rms_norm_eps": parent.rms_norm_eps,
+                                          "rope_theta": parent.rope_theta}
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> Architecture:
         """Ask ``trial`` (a live `Trial`, or a `FixedTrial` built from `params_for`) for a

@@ -33,11 +33,12 @@ from nas.objectives import (
     parse_objectives,
 )
 from nas.space.model import SAMPLED_FIELDS, ParamSpec, SamplerSpec, SearchSpace
+from nas.space.parent import check_within_parent, parent_architecture, parent_data, parse_parent
 from nas.specs import DataSpec, ProxyBudget
 
 _INT_FIELDS = frozenset({"n_layer", "d_model", "n_head", "n_kv_head", "window", "max_seq_len"})
 _TOP_KEYS = ("name", "description", "seed", "trials", "sampler", "profiles", "objectives",
-             "constraints", "budget", "fidelity", "data", "architecture")
+             "constraints", "budget", "fidelity", "data", "parent", "architecture")
 _PROFILE_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _MAX_RANGE_VALUES = 10_000
 FEASIBILITY_SAMPLES = 2_000
@@ -118,16 +119,24 @@ def parse_space(data: Any, source: str | None, default_name: str) -> SearchSpace
     profiles = _parse_profiles(data.get("profiles", []), err)
     budget = _section(ProxyBudget, data.get("budget", {}), "budget", source, err)
     fidelity = parse_fidelity(data.get("fidelity"), budget, source)
-    data_spec = _section(DataSpec, data.get("data", {}), "data", source, err)
+    parent = parse_parent(data.get("parent"), source)
+    parent_arch = parent_architecture(parent, source) if parent is not None else None
+    data_section = data.get("data", {})
+    if parent is not None:
+        data_section = parent_data(data_section, parent, source)
+    data_spec = _section(DataSpec, data_section, "data", source, err)
+    vocab_size = parent_arch.vocab_size if parent_arch is not None else data_spec.vocab_size
     objectives = parse_objectives(data.get("objectives"), profiles, source)
     constraints = parse_constraints(data.get("constraints", []), profiles, source)
     sampler = _parse_sampler(data.get("sampler", "tpe"), trials, err)
-    architecture = _parse_architecture(data.get("architecture", {}), data_spec, budget, err)
+    architecture = _parse_architecture(data.get("architecture", {}), data_spec, vocab_size, budget, err)
 
     space = SearchSpace(name=name, architecture=architecture, objectives=objectives,
                         constraints=constraints, profiles=profiles, budget=budget, fidelity=fidelity,
-                        data=data_spec, sampler=sampler, seed=seed, trials=trials,
+                        data=data_spec, parent=parent, sampler=sampler, seed=seed, trials=trials,
                         description=description, source=source)
+    if parent_arch is not None:
+        check_within_parent(space, parent_arch)
     _check_feasible(space, err)
     return space
 
@@ -245,20 +254,22 @@ def _parse_spec(fname: str, value: Any, err: _Err) -> ParamSpec:
     return ParamSpec("choices", tuple(parsed))
 
 
-def _parse_architecture(value: Any, data: DataSpec, budget: ProxyBudget,
+def _parse_architecture(value: Any, data: DataSpec, vocab_size: int, budget: ProxyBudget,
                         err: _Err) -> dict[str, ParamSpec]:
     if not isinstance(value, Mapping):
         raise err("architecture", value, "must be a mapping of Architecture fields")
-    known = [f.name for f in dataclasses.fields(Architecture)]
+    # The norm epsilon and rotary base are not searched: a parent's config sets them.
+    known = [f.name for f in dataclasses.fields(Architecture)
+             if f.name in SAMPLED_FIELDS or f.name == "vocab_size"]
     for key in value:
         if key not in known:
             raise err.unknown("architecture", key, value[key], known)
     if "vocab_size" in value:
         v = value["vocab_size"]
-        if v != data.vocab_size or not _is_int(v):
+        if v != vocab_size or not _is_int(v):
             raise err("architecture.vocab_size", v,
                       f"conflicts with data.tokenizer={data.tokenizer!r} (vocab "
-                      f"{data.vocab_size}); leave it out, it is set from the tokenizer")
+                      f"{vocab_size}); leave it out, it is set from the tokenizer")
 
     defaults = Architecture()
     specs: dict[str, ParamSpec] = {}
