@@ -141,3 +141,25 @@ def test_a_resume_from_changed_parent_weights_is_refused(parent_dir: Path, tmp_p
     with pytest.raises(SearchError, match=r"was started from a parent with fingerprint .*other weights"):
         SearchDriver(again, Store(db)).run()
     assert len(Store(db).candidates("moved")) == 1  # nothing lost, nothing added
+
+
+@pytest.mark.slow
+def test_nas_search_parent_then_nas_show_the_derivation(parent_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from harness import search_args
+
+    db = f"sqlite:///{tmp_path / 'nas.db'}"
+    space = _space(tmp_path, None)  # the space names no parent: --parent gives it one
+    done = subprocess.run(search_args("cli", db, trials=1, space=space, extra=["--parent", str(parent_dir)]),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"parent: {parent_dir}" in done.stdout and "distilled" in done.stdout
+    shown = subprocess.run([sys.executable, "-m", "nas", "show", "cli", "--trial", "0", "--db", db],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "Derived from the parent" in shown.stdout and "kv pooling" in shown.stdout
+    listed = subprocess.run([sys.executable, "-m", "nas", "show", "cli", "--db", db],
+                            capture_output=True, text=True, timeout=120)
+    assert f"derived from parent {parent_dir}" in listed.stdout, listed.stdout
