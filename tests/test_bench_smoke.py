@@ -29,6 +29,7 @@ SCRIPTS: dict[str, list[str]] = {
     "bench_overhead": [],
     "bench_latency_accuracy": ["all"],
     "bench_slm_findings": [],
+    "bench_parent": [],
     "bench_service": [],
     "bench_latency_stability": [],
     "bench_throughput": [],
@@ -41,7 +42,7 @@ SCRIPTS: dict[str, list[str]] = {
 }
 # Scripts that write results rows: each row must carry the commit and the package versions.
 WRITERS = {"bench_overhead", "bench_latency_accuracy", "bench_slm_findings", "collect_tabular", "bench_demo",
-           "collect_fidelity", "bench_search_efficiency", "bench_distill"}
+           "collect_fidelity", "bench_search_efficiency", "bench_distill", "bench_parent"}
 NEEDS_TWO_CORES = {"bench_latency_accuracy"}  # it times on core 0 while training on core 1
 PARALLEL = 3
 TIMEOUT_S = 300
