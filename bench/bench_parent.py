@@ -211,7 +211,10 @@ def open_parent_ref(args: argparse.Namespace) -> Any:
 
     if not (parent_dir() / "config.json").is_file():
         raise SystemExit(f"no parent at {parent_dir()}: run --phase parent first")
-    return load_parent(ParentSpec(path=str(parent_dir())), search_data(args), threads=1)
+    # The candidate runs distil from the parent itself (the exact KL); the search (phase 3)
+    # uses the product's default, the cached top-k logits.
+    return load_parent(ParentSpec(path=str(parent_dir()), teacher="worker"), search_data(args),
+                       budget(args, args.n_tokens), seed=0, threads=1)
 
 
 def current_parent() -> dict[str, Any] | None:

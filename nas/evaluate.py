@@ -148,15 +148,15 @@ def _train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, 
         from nas.onnx_export import export_onnx
         from nas.proxy import train, weights_to_bytes
 
-        start = teacher = None
+        start, distill = None, {}
         if parent is not None:
-            from nas.parent import derived_start, parent_model
+            from nas.parent import derived_start, teacher
 
-            teacher = parent_model(parent)
+            distill = teacher(parent)
             if resume is None:
                 start, _derivation = derived_start(parent, arch)
         trained = train(arch, budget, data, seed=seed, threads=threads, progress=progress,
-                        stop_at=stop_at, resume=resume, model=start, teacher=teacher)
+                        stop_at=stop_at, resume=resume, model=start, **distill)
         proxy = trained.result
         trained_at = time.perf_counter()
         if proxy.status == "diverged":

@@ -182,6 +182,7 @@ def _file_vocab_size(path: str, source: str | None = None) -> int:
 
 
 DEPTH_STRATEGIES = ("importance", "uniform")
+TEACHER_SOURCES = ("cache", "worker")
 
 
 @dataclass(frozen=True)
@@ -193,11 +194,19 @@ class ParentSpec:
     ``importance`` (the blocks that change their input most) or ``uniform`` (evenly spaced).
     ``calibration_tokens``: training tokens the importance of layers, heads and channels is
     measured on, once per search.
+    ``teacher``: where the parent's logits for distillation come from. ``cache`` (the default):
+    its top ``teacher_top_k`` logits on every training batch, computed once by the driver
+    (every candidate draws the same batches) and shared; a distilling step then costs what a
+    plain one does, where ``worker`` (the parent run on every batch in every worker) costs ~2x
+    (BENCHMARKS.md, issue 15). ``worker`` gives the exact KL; the cache's is a lower bound
+    (top-k plus one bucket for the rest), exact at k = vocab.
     """
 
     path: str  # absolute once a space is loaded (relative paths are the space file's)
     depth: str = "importance"
     calibration_tokens: int = 16_384
+    teacher: str = "cache"
+    teacher_top_k: int = 32
 
     def validate(self, source: str | None = None) -> None:
         if not isinstance(self.path, str) or not self.path:
@@ -214,6 +223,13 @@ class ParentSpec:
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 64:
             raise ConfigError(f"parent.calibration_tokens={tokens!r} must be an integer >= 64",
                               source=source, field="parent.calibration_tokens", value=tokens)
+        if self.teacher not in TEACHER_SOURCES:
+            raise ConfigError(f"parent.teacher={self.teacher!r} must be one of {', '.join(TEACHER_SOURCES)}",
+                              source=source, field="parent.teacher", value=self.teacher)
+        top_k = self.teacher_top_k
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"parent.teacher_top_k={top_k!r} must be a positive integer",
+                              source=source, field="parent.teacher_top_k", value=top_k)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> ParentSpec:

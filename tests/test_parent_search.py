@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -163,3 +164,29 @@ def test_nas_search_parent_then_nas_show_the_derivation(parent_dir: Path, tmp_pa
     listed = subprocess.run([sys.executable, "-m", "nas", "show", "cli", "--db", db],
                             capture_output=True, text=True, timeout=120)
     assert f"derived from parent {parent_dir}" in listed.stdout, listed.stdout
+
+
+def test_the_cached_teacher_at_full_vocabulary_trains_like_the_parent_itself(parent_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    # The search's default teacher is the parent's top-k logits, computed once by the driver;
+    # at k = vocab it is the parent's whole distribution, so a candidate must train the same.
+    from nas.evaluate import train_and_export
+    from nas.parent import load_parent
+
+    space = load_space(_space(tmp_path, str(parent_dir)))
+    data = prepare(space.data)
+    arch = space.choose(lambda _field, _parent, spec: (spec.values if hasattr(spec, "values") else spec)[0])
+    runs = {}
+    for teacher, k in (("worker", 32), ("cache", 256), ("cache", 32)):
+        spec = dataclasses.replace(space.parent, teacher=teacher, teacher_top_k=k)
+        ref = load_parent(spec, data, space.budget, space.seed)
+        assert (ref.teacher_cache is None) == (teacher == "worker")
+        assert ref.record()["teacher"] == teacher
+        out = train_and_export(arch, space.budget, data, seed=space.seed, threads=1, export=False, parent=ref)
+        assert out.ok, out.error
+        runs[teacher, k] = out.proxy
+    worker, full, top32 = runs["worker", 32], runs["cache", 256], runs["cache", 32]
+    assert abs(full.val_loss - worker.val_loss) < 2e-3 and abs(full.val_kl - worker.val_kl) < 2e-3
+    # 32 of 256 tokens: a lower bound on the KL, and still a distilled candidate.
+    assert top32.val_kl < worker.val_kl and abs(top32.val_loss - worker.val_loss) < 0.1
+    assert top32.val_kl != full.val_kl  # each ref got its own teacher, not a cached other one

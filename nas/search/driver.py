@@ -101,8 +101,9 @@ class SearchDriver:
         if existing is not None and self._nothing_to_do():
             return self._close_without_work(started)
         data = self._prepare_data()
-        self._parent = open_parent(self.space.parent, data, existing.parent if existing else None,
-                                   self.name, self.request.train_threads)
+        self._parent = open_parent(self.space.parent, data, self.space.budget, self.space.seed,
+                                   existing.parent if existing else None, self.name,
+                                   self.request.train_threads)
         self.executor.check_placement()
         with contextlib.ExitStack() as cleanup:
             cleanup.callback(self.executor.shutdown)  # the one place Ray is shut down
