@@ -47,8 +47,8 @@ from nas.hf_config import (
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from nas.data import Tokenizer
     from nas.model import NasLM
+    from nas.tokenizer import Tokenizer
 
 __all__ = ["HF_ATOL", "Checkpoint", "CheckpointError", "from_hf_state_dict", "load", "read_checkpoint",
            "read_weights", "to_hf_state_dict", "write_checkpoint"]

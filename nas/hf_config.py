@@ -59,7 +59,7 @@ def hf_config(arch: Architecture,
     """The ``config.json`` that makes transformers build ``arch`` (None for linear attention).
 
     Block sharing needs no field: the weights are unrolled, one copy per layer application.
-    ``special_tokens`` (`nas.data.Tokenizer.special_tokens`) names the BOS/EOS/pad ids, so
+    ``special_tokens`` (`nas.tokenizer.Tokenizer.special_tokens`) names the BOS/EOS/pad ids, so
     ``generate`` stops at end-of-text; the byte tokenizer has none, and they stay null.
     """
     if hf_unsupported_reason(arch) is not None:

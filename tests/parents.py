@@ -64,8 +64,8 @@ def nas_parent(directory: Path, model: NasLM) -> Architecture:
     """``model`` written as `nas export` writes its weights, with the byte tokenizer and our
     ``architecture.json`` (which says what config.json cannot: sharing, linear attention)."""
     from nas.checkpoint import write_checkpoint
-    from nas.data import ByteTokenizer
     from nas.hf_config import ARCHITECTURE_FILE
+    from nas.tokenizer import ByteTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / ARCHITECTURE_FILE).write_text(model.arch.to_json())

@@ -25,7 +25,7 @@ LIGHT = (
     "nas.architecture", "nas.errors", "nas.results", "nas.specs", "nas.objectives", "nas.space",
     "nas.hardware", "nas.builtin", "nas.pareto", "nas.fronts", "nas.plots", "nas.onnx_io",
     "nas.affinity", "nas.names", "nas.dates", "nas.terminal", "nas.hf_config", "nas.derivation",
-    "nas.checkpoint", "nas.model_card", "nas.store", "nas.report", "nas.cli",
+    "nas.checkpoint", "nas.tokenizer", "nas.model_card", "nas.store", "nas.report", "nas.cli",
 )
 
 # Layers, lowest first; a module may import its own layer and those below. The driver (search)
@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundations", ("nas.architecture", "nas.errors", "nas.results", "nas.specs", "nas.objectives",
                      "nas.pareto", "nas.hardware", "nas.builtin", "nas.onnx_io", "nas.affinity",
                      "nas.names", "nas.dates", "nas.terminal", "nas.util", "nas.states", "nas.fidelity",
-                     "nas.hf_config", "nas.derivation")),
+                     "nas.tokenizer", "nas.hf_config", "nas.derivation")),
     ("space", ("nas.space",)),
     ("workers", ("nas.data", "nas.model", "nas.proxy", "nas.onnx_export", "nas.latency",
                  "nas.evaluate", "nas.checkpoint", "nas.derive", "nas.distill", "nas.parent")),

@@ -68,7 +68,7 @@ def test_reads_sharded_and_half_precision_weights(tmp_path: Path) -> None:
 
 def test_our_checkpoints_read_back_with_sharing(tmp_path: Path) -> None:
     """`write_checkpoint` unrolls a shared block; `read_checkpoint` (via architecture.json) re-ties it."""
-    from nas.data import ByteTokenizer
+    from nas.tokenizer import ByteTokenizer
 
     arch = tiny(sharing="repeat:2", n_layer=4, vocab_size=256)
     model = build_model(arch, seed=3).eval()

@@ -10,7 +10,6 @@ import pytest
 
 from nas import data as data_mod
 from nas.data import (
-    ByteTokenizer,
     check_fits,
     load_tokenizer,
     prepare,
@@ -19,6 +18,7 @@ from nas.data import (
 )
 from nas.errors import DataError
 from nas.specs import DataSpec, ProxyBudget
+from nas.tokenizer import EOS_TOKEN, BPETokenizer, ByteTokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare.txt"
 TRICKY = "def f(x):\n\treturn x  # héllo wörld, 日本語, emoji 🎉, nul \x00 and \r\n line ends\n"
@@ -86,7 +86,7 @@ def test_bpe_trained_once_then_loaded_from_cache(tmp_path: Path,
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached tokenizer should have been loaded, not retrained")
 
-    monkeypatch.setattr(data_mod.BPETokenizer, "train", no_training)
+    monkeypatch.setattr(BPETokenizer, "train", no_training)
     tok = load_tokenizer(spec, cache)
     assert saved.stat().st_mtime_ns == mtime
     assert tok.decode(tok.encode(TRICKY)) == TRICKY  # byte-level: unseen characters round-trip
@@ -102,8 +102,8 @@ def test_bpe_ends_every_document_with_end_of_text(tmp_path: Path) -> None:
     spec = DataSpec(corpus=(str(corpus / "*.txt"),), tokenizer="bpe:300")
     td = prepare(spec, tmp_path / "cache")
     tok = load_tokenizer(spec, tmp_path / "cache")
-    assert isinstance(tok, data_mod.BPETokenizer) and tok.eos_id == 0
-    assert tok.special_tokens == {role: (data_mod.EOS_TOKEN, 0)
+    assert isinstance(tok, BPETokenizer) and tok.eos_id == 0
+    assert tok.special_tokens == {role: (EOS_TOKEN, 0)
                                   for role in ("bos_token", "eos_token", "pad_token")}
     docs = data_mod._read_documents(data_mod._resolve_corpus(spec))
     train_texts, val_texts = data_mod._split_documents(docs, spec.val_fraction, spec.seed)

@@ -501,7 +501,7 @@ def bpe_export(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 def test_bpe_special_tokens_are_named_in_config_and_tokenizer(bpe_export: Trained) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nas.data import EOS_TOKEN
+    from nas.tokenizer import EOS_TOKEN
 
     out = bpe_export.out
     config = json.loads((out / "config.json").read_text())
