@@ -95,10 +95,7 @@ def search(
                   highlight=False)
     common.console.print(_rungs_line(request), highlight=False)
     if loaded.parent is not None and loaded.parent_architecture is not None:
-        common.console.print(f"parent: {escape(loaded.parent.path)} "
-                             f"({escape(loaded.parent_architecture.describe())}, "
-                             f"{loaded.parent_architecture.n_params:,} params): candidates inherit "
-                             f"its weights and are distilled from it", highlight=False)
+        common.console.print(_parent_line(loaded), highlight=False)
     for note in (request.trials_note(), request.oversubscription()):
         if note:
             common.console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
@@ -126,6 +123,17 @@ def search(
                   "-o report.html[/]", highlight=False, soft_wrap=True)
     if outcome.status == "stopped":
         raise typer.Exit(EXIT_STOPPED)
+
+
+def _parent_line(space: Any) -> str:
+    """Where candidates come from, and the wait before the first trains (the teacher cache)."""
+    parent, arch, budget = space.parent, space.parent_architecture, space.budget
+    line = (f"parent: {escape(parent.path)} ({escape(arch.describe())}, {arch.n_params:,} params): "
+            "candidates inherit its weights and are distilled from it")
+    if parent.teacher == "cache" and budget.distill_weight > 0:
+        line += (f"; first its top-{min(parent.teacher_top_k, arch.vocab_size)} logits on the "
+                 f"{budget.steps:,} training batches are cached (one parent forward each)")
+    return line
 
 
 def _rungs_line(request: Any) -> str:
