@@ -7,7 +7,11 @@ go through here, so a bound means the same thing to every reader and is spelled 
 (`Constraint.text`, which is also the Optuna constraint key).
 
 Known metrics: ``val_loss``, the shape-only metrics of `nas.architecture.static_metrics`
-(checkable before any training), and ``latency:<profile>:decode_ms`` / ``prefill_ms``.
+(checkable before any training), and the per-profile ones: ``latency:<profile>:decode_ms`` /
+``prefill_ms``, and for a workload profile ``latency:<profile>:decode_ms@<context>`` /
+``ttft_ms`` / ``generate_ms``, ``throughput:<profile>:tokens_per_s`` and
+``memory:<profile>:peak_mb`` / ``estimate_mb`` (the convention is in `nas.hardware`). Whether a
+given profile yields a workload metric is checked where a space meets its loaded profiles.
 
 Pure Python on top of `nas.architecture`: no numpy, Optuna, torch, ray or onnxruntime, so the
 CLI and the service can parse names without loading anything heavy.
@@ -28,9 +32,15 @@ Direction = Literal["min", "max"]
 Operator = Literal["<=", ">="]
 DIRECTION_ALIASES: Mapping[str, Direction] = {"min": "min", "minimize": "min",
                                               "max": "max", "maximize": "max"}
-LATENCY_RE = re.compile(r"^latency:([^:]+):(decode_ms|prefill_ms)$")
-KNOWN_METRICS: tuple[str, ...] = ("val_loss", *STATIC_METRICS, "latency:<profile>:decode_ms",
-                                  "latency:<profile>:prefill_ms")
+# Every metric measured on a hardware profile: <kind>:<profile>:<quantity>.
+PROFILE_METRIC_RE = re.compile(
+    r"^(?:latency:([^:]+):(?:decode_ms|prefill_ms|ttft_ms|generate_ms|decode_ms@[1-9][0-9]*)"
+    r"|throughput:([^:]+):tokens_per_s|memory:([^:]+):(?:peak_mb|estimate_mb))$")
+KNOWN_METRICS: tuple[str, ...] = (
+    "val_loss", *STATIC_METRICS, "latency:<profile>:decode_ms", "latency:<profile>:prefill_ms",
+    "latency:<profile>:decode_ms@<context>", "latency:<profile>:ttft_ms",
+    "latency:<profile>:generate_ms", "throughput:<profile>:tokens_per_s",
+    "memory:<profile>:peak_mb", "memory:<profile>:estimate_mb")
 TRAINED_METRICS: tuple[str, ...] = ("val_loss",)  # known only once a candidate has trained
 # Any comparison is matched, so that a strict or equality operator gets its own message.
 _CONSTRAINT_RE = re.compile(r"^\s*(\S+?)\s*(<=|>=|<|>|==|=)\s*(\S+)\s*$")
@@ -48,9 +58,10 @@ def config_error(key: str, value: Any, reason: str, source: str | None = None) -
 
 
 def latency_profile(metric: str) -> str | None:
-    """The profile a ``latency:<profile>:...`` metric is timed on; None for other metrics."""
-    match = LATENCY_RE.match(metric)
-    return match.group(1) if match else None
+    """The profile a ``latency:``/``throughput:``/``memory:<profile>:...`` metric is measured on;
+    None for other metrics."""
+    match = PROFILE_METRIC_RE.match(metric)
+    return next(g for g in match.groups() if g) if match else None
 
 
 def metric_problem(metric: str, profiles: Sequence[str]) -> str | None:
@@ -302,7 +313,7 @@ def shape_violations(constraints: Sequence[Constraint], metrics: Mapping[str, fl
 
 
 __all__ = [
-    "DIRECTION_ALIASES", "KNOWN_METRICS", "LATENCY_RE", "Constraint", "Direction", "Objective",
+    "DIRECTION_ALIASES", "KNOWN_METRICS", "PROFILE_METRIC_RE", "Constraint", "Direction", "Objective",
     "check_static", "config_error", "constraint_dict", "format_number", "is_feasible",
     "latency_profile", "metric_problem", "objective_values", "parse_constraints",
     "parse_objectives", "shape_violations", "TRAINED_METRICS",

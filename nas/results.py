@@ -24,23 +24,82 @@ class LatencyStats:
     p90_ms: float
     cv: float  # coefficient of variation (robust: 1.4826 * MAD / median)
     n: int  # timed repetitions kept (warm-ups discarded)
+    # Bootstrap 95% interval of median_ms (rounds resampled); re-timed measurements only.
+    ci_low_ms: float | None = None
+    ci_high_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """What took a measurement: numbers from different machines are never silently compared.
+
+    `hash` covers what changes a timing (CPU model, cores, flags, runtime versions), not the
+    host's name: two identical nodes of a cluster are the same kind of machine.
+    """
+
+    cpu_model: str
+    cores: int
+    flags: tuple[str, ...]  # /proc/cpuinfo "flags" (x86) or "Features" (ARM), sorted
+    onnxruntime: str
+    onnx: str
+    hostname: str = ""
+
+    @property
+    def hash(self) -> str:
+        from nas.util import stable_hash
+
+        return stable_hash({"cpu_model": self.cpu_model, "cores": self.cores,
+                            "flags": list(self.flags), "onnxruntime": self.onnxruntime,
+                            "onnx": self.onnx})
+
+    @property
+    def summary(self) -> str:
+        """One line for pages and errors: ``AMD EPYC 7B13, 2 cores, ORT 1.22.0``."""
+        return f"{self.cpu_model}, {self.cores} cores, onnxruntime {self.onnxruntime}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "flags": list(self.flags)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MachineInfo:
+        return cls(cpu_model=str(data["cpu_model"]), cores=int(data["cores"]),
+                   flags=tuple(data.get("flags", ())), onnxruntime=str(data["onnxruntime"]),
+                   onnx=str(data.get("onnx", "")), hostname=str(data.get("hostname", "")))
 
 
 @dataclass(frozen=True)
 class ProfileLatency:
-    """Latency of one candidate on one hardware profile."""
+    """Latency (and, for a workload profile, memory) of one candidate on one hardware profile.
+
+    ``workload`` holds the workload's timings by metric suffix (``ttft_ms``, ``generate_ms``,
+    ``decode_ms@2048``; see `nas.hardware` for the convention); `metrics` names them in full.
+    """
 
     profile: str
     profile_hash: str
     prefill: LatencyStats  # one forward of batch x prompt_len tokens
     decode: LatencyStats  # one new token with past_len tokens cached
     node: str = ""  # hostname / Ray node id where it was measured
+    workload: tuple[tuple[str, LatencyStats], ...] = ()
+    tokens_per_s: float | None = None  # batch * new_tokens / generate time
+    peak_mb: float | None = None  # measured peak resident-set growth of running the workload
+    estimate_mb: float | None = None  # closed form: weights + KV cache (HardwareProfile)
+    machine: MachineInfo | None = None
+    measurement: int = 0  # 0: taken by the search; k > 0: the k-th re-timing (nas retime)
+
+    def stats(self) -> dict[str, LatencyStats]:
+        """Every timed quantity by metric suffix: prefill_ms, decode_ms and the workload's."""
+        return {"prefill_ms": self.prefill, "decode_ms": self.decode, **dict(self.workload)}
 
     def metrics(self) -> dict[str, float]:
-        return {
-            f"latency:{self.profile}:prefill_ms": self.prefill.median_ms,
-            f"latency:{self.profile}:decode_ms": self.decode.median_ms,
-        }
+        out = {f"latency:{self.profile}:{name}": s.median_ms for name, s in self.stats().items()}
+        if self.tokens_per_s is not None:
+            out[f"throughput:{self.profile}:tokens_per_s"] = self.tokens_per_s
+        if self.peak_mb is not None:
+            out[f"memory:{self.profile}:peak_mb"] = self.peak_mb
+        if self.estimate_mb is not None:
+            out[f"memory:{self.profile}:estimate_mb"] = self.estimate_mb
+        return out
 
 
 @dataclass(frozen=True)

@@ -221,6 +221,14 @@ CLI: dict[str, Cli] = {
         [*SEARCH[:2], "--profiles", f"{PROFILE},gpu.yaml"], [profile("gpu", provider="CUDAExecutionProvider")]
     ),
     "profile-bound-without-cluster": Cli([*SEARCH[:2], "--profiles", f"{PROFILE},{EDGE_PROFILE}"]),
+    "profile-bad-workload": Cli([*SEARCH[:2], "--profiles", "fast.yaml"],
+                                [profile("fast", decode_contexts=[48, 0])]),
+    "space-metric-not-in-profile": Cli(
+        ["search", "bad.yaml", "--profiles", str(PROFILE)],
+        [space(objectives={"val_loss": "min", "latency:e2e-1t:decode_ms@48": "min"})]),
+    "profile-workload-longer-than-max-seq-len": Cli(
+        ["search", "bad.yaml", "--profiles", f"{PROFILE},long.yaml"],
+        [space(), profile("long", decode_contexts=[96], new_tokens=16)]),
     "profile-longer-than-max-seq-len": Cli(
         ["search", "bad.yaml", "--profiles", f"{PROFILE},cpu-1t"], [space()]
     ),

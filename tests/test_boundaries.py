@@ -38,10 +38,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                      "nas.tokenizer", "nas.hf_config", "nas.derivation")),
     ("space", ("nas.space",)),
     ("workers", ("nas.data", "nas.model", "nas.proxy", "nas.onnx_export", "nas.latency",
-                 "nas.evaluate", "nas.checkpoint", "nas.derive", "nas.distill", "nas.parent")),
+                 "nas.evaluate", "nas.checkpoint", "nas.derive", "nas.distill", "nas.parent",
+                 "nas.machine", "nas.workloads", "nas.memory")),
     ("store", ("nas.store",)),
     ("fronts", ("nas.fronts", "nas.plots")),
-    ("search", ("nas.search",)),
+    ("search", ("nas.search", "nas.retime")),
     # "nas" is the package's own __init__ (`nas.load`), not everything under it.
     ("readers", ("nas.service", "nas.cli", "nas.report", "nas.export", "nas.pick", "nas.model_card",
                  "nas.__main__", "nas")),

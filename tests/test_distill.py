@@ -93,8 +93,10 @@ def test_a_step_is_the_mixed_loss_of_the_formula(data: TokenData, teacher) -> No
     kl = (p_t * (p_t.log() - F.log_softmax(s / temp, -1))).sum(-1).mean()
     (w * temp**2 * kl + (1 - w) * F.cross_entropy(s, y.flatten())).backward()
     opt.step()
+    # Adam divides by sqrt(v): where a gradient is ~0 a last-bit difference in its reduction
+    # order (train runs on one thread, this test on the default) moves a weight by ~1e-5.
     for name, value in by_hand.state_dict().items():
-        torch.testing.assert_close(stepped.state_dict()[name], value, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(stepped.state_dict()[name], value, rtol=1e-4, atol=5e-5)
     # The parent is read, never written: no gradients, same weights.
     assert all(p.grad is None for p in teacher.parameters())
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
@@ -177,9 +179,10 @@ def test_default_budget_serialises_as_before_so_space_hashes_stay() -> None:
     changed = ProxyBudget(distill_weight=0.25, distill_temperature=2.0)
     assert changed.to_dict() == {**before, "distill_weight": 0.25, "distill_temperature": 2.0}
     assert ProxyBudget.from_dict(changed.to_dict()) == changed
-    # Computed with the code before distillation existed (git archive of a1398ad).
+    # Computed with the code before distillation existed (git archive of a1398ad); slm's changed
+    # since, with its file (workload profiles, issue 16), and is pinned at that file.
     assert load_space("tiny").hash == "0497deb8a147169c"
-    assert load_space("slm").hash == "ec844eac293966df"
+    assert load_space("slm").hash == "5e781cd02f65c1af"
 
 
 # ----- the teacher cache ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ import yaml
 
 from nas.architecture import Architecture, static_metrics
 from nas.errors import ConfigError, SearchError
+from nas.hardware import load_profiles
 from nas.space import SearchSpace, list_spaces, load_space, make_sampler
 
 optuna = pytest.importorskip("optuna")
@@ -72,7 +73,8 @@ def test_shipped_spaces_load(tiny, slm):
     assert tiny.objective_names() == ["val_loss", "latency:cpu-1t:decode_ms"]
     assert tiny.directions() == ["minimize", "minimize"]
     assert tiny.data.tokenizer == "byte" and tiny.budget.seq_len <= 256
-    assert slm.profiles == ("cpu-1t", "cpu-1t-int8") and slm.data.vocab_size == 8192
+    assert slm.profiles == ("cpu-1t", "cpu-1t-int8", "cpu-1t-long", "cpu-1t-batch8")
+    assert slm.data.vocab_size == 8192
     assert [c.text for c in slm.constraints][:2] == ["params >= 5000000", "params <= 50000000"]
     by_path = load_space(ROOT / "search_spaces" / "tiny.yaml")
     assert by_path == tiny and by_path.hash == tiny.hash
@@ -133,9 +135,9 @@ def run_study(space: SearchSpace, n: int, fake_metrics: bool = True) -> optuna.S
             continue
         # A made-up but shape-dependent score, so that TPE/NSGA-II actually model something.
         metrics["val_loss"] = 6.0 - np.log10(arch.n_params) + 0.1 * (arch.attention == "linear")
-        for p in space.profiles:
-            metrics[f"latency:{p}:decode_ms"] = metrics["decode_mflops"] / 10
-            metrics[f"latency:{p}:prefill_ms"] = metrics["decode_mflops"]
+        for profile in load_profiles(",".join(space.profiles)):
+            for metric in profile.metric_names():  # every measured metric, made up from the FLOPs
+                metrics[metric] = metrics["decode_mflops"] / (10 if "decode" in metric else 1)
         record_constraints(trial, space, metrics)
         study.tell(trial, space.objective_values(metrics))
     return study
@@ -162,9 +164,10 @@ def test_suggest_with_real_studies_gives_only_valid_candidates(tiny, sampler, n)
 def test_suggest_on_slm_respects_fixed_fields_and_constraints(slm):
     study = run_study(slm, 60)
     archs = [slm.suggest(optuna.trial.FixedTrial(t.params)) for t in study.trials]
-    assert {a.attention for a in archs} == {"softmax"} and {a.max_seq_len for a in archs} == {512}
-    assert {a.vocab_size for a in archs} == {8192}
-    assert all("window" not in t.params for t in study.trials)
+    assert {a.max_seq_len for a in archs} == {4096} and {a.vocab_size for a in archs} == {8192}
+    # A window is sampled only for sliding-window candidates.
+    assert all(("window" in t.params) == (a.attention == "sliding_window")
+               for t, a in zip(study.trials, archs, strict=True))
     for t in study.best_trials:
         assert all(v <= 0 for v in t.constraints.values())
         assert 5e6 <= t.values[2] <= 5e7
@@ -229,24 +232,32 @@ def test_static_constraints_are_checked(tiny):
 
 
 def test_constraint_values_follow_optunas_convention(slm):
-    metrics = {"params": 4e6, "latency:cpu-1t:decode_ms": 10.0}
-    low, high, latency = constraint_values(slm, metrics)
+    workload = {"latency:cpu-1t-long:ttft_ms": 100.0, "memory:cpu-1t-long:peak_mb": 100.0,
+                "throughput:cpu-1t-batch8:tokens_per_s": 500.0}
+    metrics = {"params": 4e6, "latency:cpu-1t:decode_ms": 10.0, **workload}
+    low, high, latency, ttft, peak, throughput = constraint_values(slm, metrics)
+    assert ttft < 0 and peak < 0 and throughput < 0  # well inside: negative
+    assert constraint_values(slm, {**metrics, "throughput:cpu-1t-batch8:tokens_per_s": 50.0})[5] > 0
     assert low > 0 and high < 0 and latency < 0  # too small: only the lower bound is violated
     assert constraint_values(slm, {**metrics, "params": 6e6})[0] <= 0
     assert not slm.is_feasible(metrics) and slm.is_feasible({**metrics, "params": 6e6})
     with pytest.raises(SearchError, match="latency:cpu-1t:decode_ms"):
-        constraint_values(slm, {"params": 6e6})
+        constraint_values(slm, {"params": 6e6, **workload})
     assert constraint_values(slm, {"params": 6e6}, partial=True)[2] == 0.0
     assert constraint_values(slm, {**metrics, "latency:cpu-1t:decode_ms": float("nan")})[2] > 0
     with pytest.raises(SearchError, match="params"):
-        slm.objective_values({"val_loss": 3.0, "latency:cpu-1t-int8:decode_ms": 1.0})
+        slm.objective_values({"val_loss": 3.0, "latency:cpu-1t-long:decode_ms@2048": 1.0})
 
 
 def test_driver_helpers(slm):
-    assert slm.metric_names() == ["val_loss", "latency:cpu-1t-int8:decode_ms", "params",
-                                  "latency:cpu-1t:decode_ms"]
+    assert slm.metric_names() == ["val_loss", "latency:cpu-1t-long:decode_ms@2048", "params",
+                                  "latency:cpu-1t:decode_ms", "latency:cpu-1t-long:ttft_ms",
+                                  "memory:cpu-1t-long:peak_mb", "throughput:cpu-1t-batch8:tokens_per_s"]
     assert slm.constraint_texts() == ["params >= 5000000", "params <= 50000000",
-                                      "latency:cpu-1t:decode_ms <= 50"]
+                                      "latency:cpu-1t:decode_ms <= 50",
+                                      "latency:cpu-1t-long:ttft_ms <= 1000",
+                                      "memory:cpu-1t-long:peak_mb <= 400",
+                                      "throughput:cpu-1t-batch8:tokens_per_s >= 100"]
     assert slm.vocab_size == 8192
 
 

@@ -322,7 +322,8 @@ class SearchSpace:
             path = path[:last] + [path[last] + 1]
 
     def check_profiles(self, profiles: Sequence[HardwareProfile]) -> None:
-        """Refuse profiles whose shapes need more positions than a candidate holds.
+        """Refuse profiles whose shapes need more positions than a candidate holds, and
+        objectives or constraints naming a workload metric their profile does not measure.
 
         Called wherever a space meets its profiles (`nas.search.resolve_profiles`), before
         anything is written: otherwise a 64-position model is timed on a 128-token prompt
@@ -334,6 +335,16 @@ class SearchSpace:
         for profile in profiles:
             profile.check_context(shortest, source=self.source, field="architecture.max_seq_len",
                                   note=note)
+        measured = {p.name: p for p in profiles}
+        named = [(f"objectives.{o.metric}", o.metric, o.metric) for o in self.objectives]
+        named += [("constraints", c.metric, c.text) for c in self.constraints]
+        for field, metric, text in named:
+            profile = measured.get(objectives.latency_profile(metric) or "")
+            if profile is not None and metric not in profile.metric_names():
+                raise ConfigError(
+                    f"{field}={text!r} is not measured by hardware profile {profile.name!r} "
+                    f"(it measures: {', '.join(profile.metric_names())})",
+                    source=self.source, field=field, value=text)
 
     def contains(self, arch: Architecture) -> bool:
         try:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from nas.architecture import Architecture
-from nas.results import ProfileLatency, RungLoss
+from nas.results import MachineInfo, ProfileLatency, RungLoss
 from nas.states import DRIVER_LOST, LIVE_STATUSES
 
 HEARTBEAT_SECONDS = 5.0  # how often a live driver writes its heartbeat
@@ -135,3 +135,33 @@ class SnapshotRecord:
     front_ids: tuple[int, ...]  # candidate ids
     created_at: datetime
     tokens: int | None = None  # training tokens spent by then; None before rungs were stored
+
+
+@dataclass(frozen=True, slots=True)
+class RetimeRecord:
+    """One re-timing of a search's front (``nas retime``, or the end of a search): the members
+    were timed together in one process, interleaved in rounds, and the front recomputed from
+    the new values. The measurements it wrote have ``ProfileLatency.measurement == number``;
+    the ones they replace are kept (`Store.latency_history`)."""
+
+    number: int  # 1, 2, ... within its search
+    search: str
+    created_at: datetime
+    machine: MachineInfo | None
+    profiles: tuple[str, ...]
+    members: tuple[int, ...]  # candidate ids timed together: the front and its nearest neighbours
+    front_before: tuple[int, ...]
+    front_after: tuple[int, ...]
+    # (candidate a, candidate b, metric): pairs whose 95% intervals overlap on an objective,
+    # so their order on it is not resolved by this measurement.
+    unresolved: tuple[tuple[int, int, str], ...]
+    rounds: int
+    seconds: float
+
+    @property
+    def entered(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.front_after) - set(self.front_before)))
+
+    @property
+    def left(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.front_before) - set(self.front_after)))
