@@ -44,14 +44,14 @@ class ParentRef:
     # `nas.distill.TeacherCache.to_bytes` of the parent's top-k logits on the budget's batches;
     # None: every worker runs the parent on every batch (``teacher: worker``).
     teacher_cache: bytes | None = None
+    # sha256 of teacher_cache, computed once where the cache is built: a worker keys its loaded
+    # copy by it without hashing hundreds of MB per candidate.
+    teacher_cache_digest: str = ""
 
     @property
-    def loaded_key(self) -> tuple[str, int, str]:
-        """What a worker's loaded copy is keyed by: the weights, and which teacher cache (its
-        size and its key's hash; hashing hundreds of MB per candidate would cost seconds)."""
-        cache = self.teacher_cache
-        return (self.fingerprint, 0 if cache is None else len(cache),
-                "" if cache is None else hashlib.sha256(cache[-4096:]).hexdigest())
+    def loaded_key(self) -> tuple[str, str]:
+        """What a worker's loaded copy is keyed by: the weights and the teacher cache."""
+        return (self.fingerprint, self.teacher_cache_digest)
 
     def record(self) -> dict[str, Any]:
         """What the search row keeps of its parent (and what a resume compares)."""
@@ -100,12 +100,12 @@ def load_parent(spec: ParentSpec, data: TokenData, budget: ProxyBudget, seed: in
         cache = build_teacher_cache(checkpoint.model, budget, data, seed=seed, k=k, device="cpu",
                                     threads=threads).to_bytes()
     return ParentRef(fingerprint(arch, weights), spec.path, arch, weights, importance.to_dict(),
-                     spec.depth, cache)
+                     spec.depth, cache, "" if cache is None else hashlib.sha256(cache).hexdigest())
 
 
 # fingerprint -> (parent model, importance, teacher cache): one parent per worker process at a
 # time (a worker serves one search; a second parent replaces the first, not doubling memory).
-_LOADED: dict[tuple[str, int, str], tuple[NasLM, Importance, TeacherCache | None]] = {}
+_LOADED: dict[tuple[str, str], tuple[NasLM, Importance, TeacherCache | None]] = {}
 
 
 def _loaded(ref: ParentRef) -> tuple[NasLM, Importance, TeacherCache | None]:
