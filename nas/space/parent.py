@@ -12,6 +12,7 @@ by the driver (`nas.parent`).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,26 +53,38 @@ def resolve_parent_path(path: str | os.PathLike[str], source: str | None) -> str
 
 def parent_architecture(spec: ParentSpec, source: str | None) -> Architecture:
     """The parent's `Architecture`, from its config (or our architecture.json); the files a
-    search needs must all be there, so a missing one is found before anything starts."""
+    search needs must all be there, so a missing one is found before anything starts.
+
+    Read once per directory state: parsing a space reads it for the vocabulary and the space
+    it builds reads it again; the directory's files' mtimes key the cache, so an edit is seen.
+    """
     root = Path(spec.path)
+    stamp = tuple(sorted((f.name, f.stat().st_mtime_ns) for f in root.iterdir())) if root.is_dir() else ()
+    return _checked_architecture(spec.path, stamp, source)
+
+
+@functools.lru_cache(maxsize=16)
+def _checked_architecture(path: str, _stamp: tuple[tuple[str, int], ...],
+                          source: str | None) -> Architecture:
+    root = Path(path)
     try:
         arch = read_architecture(root)
     except NasError as err:
         # Name the file inside the parent once, relative to it: the path is already in front.
         text = str(err).replace(f"{root}/", "").replace(f"{root}: ", "")
-        raise ConfigError(f"parent.path={spec.path!r}: {text}", source=source, field="parent.path",
-                          value=spec.path) from None
+        raise ConfigError(f"parent.path={path!r}: {text}", source=source, field="parent.path",
+                          value=path) from None
     if not (root / WEIGHTS_FILE).is_file() and not (root / WEIGHTS_INDEX_FILE).is_file():
         pickled = " (pytorch_model.bin is not read: save with safe_serialization=True)" if (
             root / "pytorch_model.bin").is_file() else ""
-        raise ConfigError(f"parent.path={spec.path!r} has no {WEIGHTS_FILE} or "
+        raise ConfigError(f"parent.path={path!r} has no {WEIGHTS_FILE} or "
                           f"{WEIGHTS_INDEX_FILE}{pickled}", source=source, field="parent.path",
-                          value=spec.path)
+                          value=path)
     if not (root / TOKENIZER_FILE).is_file():
-        raise ConfigError(f"parent.path={spec.path!r} has no {TOKENIZER_FILE} (the parent's "
+        raise ConfigError(f"parent.path={path!r} has no {TOKENIZER_FILE} (the parent's "
                           "tokenizer, as tokenizer.save_pretrained writes it): a search from a "
                           "parent uses the parent's tokenizer", source=source, field="parent.path",
-                          value=spec.path)
+                          value=path)
     return arch
 
 
