@@ -228,6 +228,11 @@ def _validate(p: HardwareProfile) -> None:
               f"must be one of {', '.join(GRAPH_OPTIMIZATIONS)}")
     if p.execution_mode not in EXECUTION_MODES:
         _fail("execution_mode", p.execution_mode, f"must be one of {', '.join(EXECUTION_MODES)}")
+    if p.execution_mode == "parallel" and p.intra_op_threads < 2:
+        # ONNX Runtime makes no inter-op pool for one thread and would silently run sequentially.
+        _fail("execution_mode", p.execution_mode,
+              f"needs intra_op_threads >= 2 (got {p.intra_op_threads}): with one thread ONNX "
+              "Runtime runs sequentially")
     if p.allow_spinning is not None and not isinstance(p.allow_spinning, bool):
         _fail("allow_spinning", p.allow_spinning, "must be true, false or absent")
 

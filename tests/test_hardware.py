@@ -149,3 +149,33 @@ def test_positions_needed_is_what_the_graphs_run() -> None:
                               "times prompt_len=32 and past_len=32 (+1 new token): needs "
                               "max_seq_len >= 33")
     assert (err.value.field, err.value.value) == ("max_seq_len", 32)
+
+
+WORKLOAD_SHIPPED = ("cpu-1t-long", "cpu-1t-batch8")
+
+
+@pytest.mark.parametrize("name", WORKLOAD_SHIPPED)
+def test_shipped_workload_profiles_load_and_name_their_metrics(name):
+    profile = load_profile(name)
+    check_available(profile)
+    assert profile.has_workload and HardwareProfile.from_dict(profile.to_dict()) == profile
+    names = profile.metric_names()
+    assert names[:2] == (f"latency:{name}:prefill_ms", f"latency:{name}:decode_ms")
+    assert {f"latency:{name}:ttft_ms", f"latency:{name}:generate_ms", f"throughput:{name}:tokens_per_s",
+            f"memory:{name}:peak_mb", f"memory:{name}:estimate_mb"} <= set(names)
+    assert all(f"latency:{name}:decode_ms@{c}" in names for c in profile.decode_contexts)
+
+
+def test_workload_and_session_fields_leave_old_hashes_alone_and_count_when_set():
+    from nas.hardware import MEASUREMENT_VERSION
+    from nas.util import stable_hash
+
+    base = HardwareProfile(name="x")
+    old = {k: v for k, v in base.to_dict().items()
+           if k not in ("description", "decode_contexts", "new_tokens", "generate_repeats",
+                        "graph_optimization", "execution_mode", "allow_spinning")}
+    assert base.hash == stable_hash({**old, "measurement_version": MEASUREMENT_VERSION})
+    for change in ({"decode_contexts": (2048,)}, {"new_tokens": 8}, {"generate_repeats": 5},
+                   {"graph_optimization": "basic"}, {"execution_mode": "parallel", "intra_op_threads": 2},
+                   {"allow_spinning": False}):
+        assert dataclasses.replace(base, **change).hash != base.hash, change

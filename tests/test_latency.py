@@ -102,10 +102,10 @@ def test_cpus_pin_every_thread_while_timing_and_restore(graphs, monkeypatch):
     seen: list[set[int]] = []
     real_time = latency._time
 
-    def spy(runs, profile):
+    def spy(*args):
         # Every thread, including ONNX Runtime's pool, runs on the requested core only.
         seen.extend(os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task"))
-        return real_time(runs, profile)
+        return real_time(*args)
 
     monkeypatch.setattr(latency, "_time", spy)
     measure(graphs, PROFILE, cpus={core})
@@ -121,7 +121,7 @@ def test_two_threads_get_a_core_each(graphs, monkeypatch):
     masks: list[set[int]] = []
     real_time = latency._time
 
-    def spy(runs, profile):
+    def spy(*args):
         # ONNX Runtime's pool threads pin themselves when they start, which may be just after
         # the session is created: give them a moment.
         deadline = time.monotonic() + 2
@@ -130,7 +130,7 @@ def test_two_threads_get_a_core_each(graphs, monkeypatch):
             if {second} in masks:
                 break
             time.sleep(0.01)
-        return real_time(runs, profile)
+        return real_time(*args)
 
     monkeypatch.setattr(latency, "_time", spy)
     profile = HardwareProfile(name="t2", intra_op_threads=2, warmup=0, repeats=2, rounds=1)
@@ -147,9 +147,13 @@ def test_fewer_cpus_than_threads_is_an_error(graphs):
         measure(graphs, profile, cpus={0})
 
 
-def test_unknown_provider_is_a_provider_error(graphs):
-    with pytest.raises(ProviderError, match="CPUExecutionProvider"):
+def test_unknown_provider_is_a_provider_error_naming_the_available_ones(graphs):
+    import onnxruntime
+
+    with pytest.raises(ProviderError) as info:
         measure(graphs, HardwareProfile(name="gpu", provider="NoSuchExecutionProvider"))
+    assert "NoSuchExecutionProvider" in str(info.value) and "available: " in str(info.value)
+    assert all(name in str(info.value) for name in onnxruntime.get_available_providers())
 
 
 def test_int8_file_is_quantized_once_and_cached(graphs, tmp_path, monkeypatch):

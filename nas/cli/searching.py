@@ -52,6 +52,9 @@ def search(
     no_fidelity: bool = typer.Option(False, "--no-fidelity", help="Give every candidate the whole "
                                      "token budget, ignoring the space's fidelity (successive "
                                      "halving) block. A resumed search keeps how it was started."),
+    retime: bool = typer.Option(True, "--retime/--no-retime", help="When the search finishes, "
+                                "re-time its front together (`nas retime`) and record what "
+                                "changed. --no-retime keeps the values timed during the search."),
     parent: str | None = typer.Option(None, "--parent", help="Derive candidates from this local "
                                       "Hugging Face Llama/Mistral checkpoint (config.json, "
                                       "safetensors, tokenizer.json; or a `nas export` directory) "
@@ -87,7 +90,7 @@ def search(
                             trials=trials or loaded.trials, db_url=db_url(db), data=data_spec,
                             workers=workers, ray_address=ray_address, train_threads=threads,
                             gpus_per_trial=gpus_per_trial, max_retries=max_retries,
-                            timing=timing.value, no_fidelity=no_fidelity)
+                            timing=timing.value, no_fidelity=no_fidelity, retime=retime)
     store = Store(request.db_url)
     common.console.print(f"search [bold]{escape(request.name)}[/]: space {escape(loaded.name)} "
                   f"({escape(str(loaded.source))}), {request.trials} trials, profiles "
@@ -102,10 +105,13 @@ def search(
     resume = _resume_line(store, request)
     if resume:
         common.console.print(resume, markup=False, highlight=False)
+    retimed = len(store.retimes(request.name)) if store.find_search(request.name) else 0
     live = LiveProgress(common.console, request.name, request.effective_trials, enabled=progress)
     with live as on_progress:
         outcome = SearchDriver(request, store, on_progress=on_progress).run()
     _print_front(store, request.name)
+    for record in store.retimes(request.name)[retimed:]:
+        common.console.print(_retime_line(record), highlight=False)
     common.console.print(f"\nsearch {escape(outcome.name)} {outcome.status} in {outcome.seconds:.0f}s: "
                   f"{outcome.n_complete} complete, {outcome.n_failed} failed"
                   f"{f', {outcome.n_infeasible} infeasible' if outcome.n_infeasible else ''}"
@@ -113,6 +119,7 @@ def search(
                   f"{len(outcome.front)}; {outcome.tokens:,} training tokens.", highlight=False)
     if outcome.status == "stopped":
         command = (_resume_command(space, outcome.name, db) + (" --no-fidelity" if no_fidelity else "")
+                   + ("" if retime else " --no-retime")
                    + (f" --parent {shlex.quote(parent)}" if parent else ""))
         common.console.print(f"Resume with: [bold]{escape(command)}[/]",
                       highlight=False, soft_wrap=True)
@@ -123,6 +130,13 @@ def search(
                   "-o report.html[/]", highlight=False, soft_wrap=True)
     if outcome.status == "stopped":
         raise typer.Exit(EXIT_STOPPED)
+
+
+def _retime_line(record: Any) -> str:
+    """The end-of-search re-timing (`nas.retime`) in one line."""
+    return (f"front re-timed together: {len(record.members)} candidates on {', '.join(record.profiles)}"
+            f", {len(record.entered)} entered and {len(record.left)} left the front, "
+            f"{len(record.unresolved)} pair(s) unresolved (nas show for the intervals)")
 
 
 def _parent_line(space: Any) -> str:

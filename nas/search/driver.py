@@ -35,6 +35,7 @@ from nas.errors import SearchError
 from nas.evaluate import assemble, infeasible, pruned, shape_metrics
 from nas.parent import ParentRef, open_parent
 from nas.results import CandidateResult, RungLoss
+from nas.retime import retime_after_search
 from nas.search.executor import RayExecutor, ray_error
 from nas.search.front import refresh_front
 from nas.search.heartbeat import heartbeat, stop_on_signals
@@ -115,6 +116,9 @@ class SearchDriver:
                 self.store.set_status(self.name, "running")
                 cleanup.enter_context(heartbeat(self.store, self.name))
                 status = self._search(data)
+                if status == "finished" and self.request.retime:  # the front timed together
+                    retime_after_search(self.store, self.request, self.executor, report=self._note,
+                                        stop=self.stop_event)
             except KeyboardInterrupt:  # a second Ctrl-C: stop now
                 status = "stopped"
             except BaseException as err:
@@ -319,8 +323,9 @@ class SearchDriver:
         self.inflight[number] = entry
         self.by_hash[arch.hash] = entry
         for profile in self.request.profiles:
-            # Latency depends on shape, not weights: a shape timed before (in any search) is reused.
-            cached = self.store.cached_latency(arch.hash, profile.hash)
+            # Latency depends on shape, not weights: a shape timed before (in any search, on
+            # this machine when timing is local) is reused.
+            cached = self.store.cached_latency(arch.hash, profile.hash, self.executor.machine_hash)
             if cached is not None:
                 entry.latencies[profile.name] = dataclasses.replace(cached, profile=profile.name)
         if len(entry.latencies) < len(self.request.profiles):
@@ -499,6 +504,10 @@ class SearchDriver:
     def _report(self) -> None:
         self.progress.running = len(self.inflight)
         self.on_progress(self.progress)
+
+    def _note(self, message: str) -> None:
+        self.progress.message = message
+        self._report()
 
 
 def _finite(value: Any) -> bool:

@@ -30,7 +30,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ class RayTasks:
     train: Any
     measure: Any
     shape: Any
+    retime: Any
 
 
 class RayExecutor:
@@ -81,6 +82,16 @@ class RayExecutor:
         from nas.affinity import plan_cores
 
         return plan_cores(self.request.measure_threads)
+
+    @functools.cached_property
+    def machine_hash(self) -> str | None:
+        """This host's `MachineInfo.hash` when timing runs here (a local search): the latency
+        cache then reuses only measurements this machine took. None on a cluster: any node's."""
+        if not self.local:
+            return None
+        from nas.machine import local_machine
+
+        return local_machine().hash
 
     @property
     def exclusive_timing(self) -> bool:
@@ -256,6 +267,11 @@ class RayExecutor:
         return self._tasks.measure.options(**self.measure_options(profile)).remote(
             graphs.prefill_onnx, graphs.decode_onnx, profile, self.request.measure_threads)
 
+    def submit_retime(self, profile: HardwareProfile, graphs: Mapping[int, tuple[bytes, bytes]]) -> Any:
+        """Time a front's graphs together (`nas.retime.time_members`) where ``profile`` is timed."""
+        return self._tasks.retime.options(**self.measure_options(profile)).remote(
+            dict(graphs), profile, self.request.measure_threads)
+
     def wait(self, refs: Sequence[Any], timeout: float = 0.25) -> list[Any]:
         """The refs that are ready within ``timeout`` seconds (the driver's poll interval)."""
         if not refs:
@@ -360,4 +376,14 @@ def ray_tasks(ray: Any) -> RayTasks:
         return measure_profile(prefill_onnx, decode_onnx, profile, cores=plan.measure_cores,
                                node=ray.get_runtime_context().get_node_id())
 
-    return RayTasks(train, measure, shape)
+    @ray.remote
+    def retime(graphs: dict[int, tuple[bytes, bytes]], profile: HardwareProfile,
+               measure_threads: int) -> Any:
+        from nas.affinity import plan_cores
+        from nas.retime import time_members
+
+        plan = plan_cores(measure_threads)
+        return time_members(graphs, profile, cpus=plan.measure_cores,
+                            node=ray.get_runtime_context().get_node_id())
+
+    return RayTasks(train, measure, shape, retime)

@@ -42,6 +42,7 @@ class SearchRequest:
     max_retries: int = 2  # re-runs of a trial whose worker process died
     timing: str = "exclusive"  # or "overlap": time on reserved cores while training runs
     no_fidelity: bool = False  # --no-fidelity: every candidate gets the whole budget
+    retime: bool = True  # --no-retime: leave the front as timed during the search (`nas.retime`)
 
     def __post_init__(self) -> None:
         if self.timing not in TIMING_POLICIES:
@@ -184,17 +185,17 @@ def resolve_profiles(space: SearchSpace,
     Checked where the request is built, so a missing profile is refused before anything starts.
     """
     from nas.hardware import check_available, load_profiles
+    from nas.objectives import latency_profile
 
     chosen = tuple(profiles) if profiles else tuple(load_profiles(",".join(space.profiles)))
     names = {p.name for p in chosen}
     for metric in space.metric_names():
-        if metric.startswith("latency:"):
-            profile = metric.split(":")[1]
-            if profile not in names:
-                raise ConfigError(
-                    f"metric {metric!r} needs profile {profile!r}, which is not among the measured "
-                    f"profiles ({', '.join(sorted(names))})", source=space.source, field="profiles",
-                    value=sorted(names))
+        profile = latency_profile(metric)  # latency:, throughput: and memory: metrics
+        if profile is not None and profile not in names:
+            raise ConfigError(
+                f"metric {metric!r} needs profile {profile!r}, which is not among the measured "
+                f"profiles ({', '.join(sorted(names))})", source=space.source, field="profiles",
+                value=sorted(names))
     space.check_profiles(chosen)  # every candidate holds the context each profile times
     for profile in chosen:
         check_available(profile)
