@@ -37,6 +37,12 @@ RAY = Path(sys.executable).with_name("ray")
 PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect"]
 
 
+def untimed_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a re-timing leaves alone: a finished search's closing re-timing stores new
+    latency (and throughput) values as a new measurement, so a resume may change those."""
+    return {k: v for k, v in metrics.items() if not k.startswith(("latency:", "throughput:"))}
+
+
 def assert_optuna_agrees(store: Any, name: str, lost_asks: bool = False) -> None:
     """Optuna's study holds exactly the store's finished trials, in the same states (an
     ``infeasible`` candidate, never trained, is PRUNED; a PRUNED trial the store lacks is a

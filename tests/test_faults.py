@@ -31,6 +31,7 @@ from harness import (
     ray_task_processes,
     search_args,
     start,
+    untimed_metrics,
     wait_for,
 )
 from nas.errors import ExportError
@@ -224,7 +225,8 @@ def test_driver_killed_then_resumed_on_postgres_loses_and_repeats_nothing(postgr
                 assert len(after) == 2 and 0 in after and not store.running_trials("pg-kill")
                 for trial, record in before.items():  # kept as they were, not re-run
                     assert after[trial].finished_at == record.finished_at
-                    assert after[trial].metrics == record.metrics
+                    assert untimed_metrics(after[trial].metrics) == untimed_metrics(record.metrics)
+                    assert store.latency_history(record.id)[0] == record.latencies[0]
                 for trial in running:  # re-run under the same trial number
                     assert after[trial].state in ("complete", "failed") and after[trial].attempts == 2
                 assert_optuna_agrees(store, "pg-kill", lost_asks=True)

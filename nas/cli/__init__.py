@@ -6,7 +6,7 @@ exit status 2. ``nas search`` exits 0 when the search finished and 130 when it s
 (Ctrl-C, SIGTERM, or a stop asked through ``nas serve``), so scripts can tell them apart.
 """
 
-from nas.cli import reading, searching  # noqa: F401 - importing them registers the commands
+from nas.cli import reading, retiming, searching  # noqa: F401 - importing them registers the commands
 from nas.cli.common import EXIT_STOPPED, _front, app, db_url, main
 from nas.cli.searching import _resume_line
 

@@ -12,8 +12,8 @@ re-runs them with ``start_candidate`` (same row, ``attempts`` + 1).
 """
 
 from nas.store.engine import DEFAULT_URL
-from nas.store.records import CandidateRecord, SearchRecord, SearchSummary, SnapshotRecord
+from nas.store.records import CandidateRecord, RetimeRecord, SearchRecord, SearchSummary, SnapshotRecord
 from nas.store.repository import Store
 
-__all__ = ["DEFAULT_URL", "CandidateRecord", "SearchRecord", "SearchSummary", "SnapshotRecord",
-           "Store"]
+__all__ = ["DEFAULT_URL", "CandidateRecord", "RetimeRecord", "SearchRecord", "SearchSummary",
+           "SnapshotRecord", "Store"]

@@ -27,13 +27,16 @@ from nas.store.records import (
     SearchSummary,
     SnapshotRecord,
 )
+from nas.store.retimes import RetimeStore
 from nas.store.rows import (
     candidate_row,
     check_same_search,
     delete_results,
     delete_training,
-    latency_values,
+    insert_latencies,
+    latency_columns,
     load_candidates,
+    machine_join,
     profile_latency,
     search_record,
     search_row,
@@ -52,6 +55,7 @@ from nas.store.tables import (
     Latency,
     Metric,
     ParetoSnapshot,
+    Retime,
     Rung,
     Search,
     Weights,
@@ -64,7 +68,7 @@ if TYPE_CHECKING:
 FINISHED_STATES = ("complete", "failed", "pruned", "infeasible")
 
 
-class Store(RungStore):
+class Store(RungStore, RetimeStore):
     """The search database at ``url`` (default ``sqlite:///nas.db``), upgraded to head on open.
 
     Raises StoreError naming the URL (password masked) when the database cannot be
@@ -261,7 +265,7 @@ class Store(RungStore):
             for table in (Metric, Latency, Weights, Rung, Checkpoint):
                 session.execute(delete(table).where(table.candidate_id.in_(ids))
                                 .execution_options(synchronize_session=False))
-            for table in (Candidate, ParetoSnapshot):
+            for table in (Candidate, ParetoSnapshot, Retime):
                 session.execute(delete(table).where(table.search_id == search_id)
                                 .execution_options(synchronize_session=False))
             session.execute(delete(Search).where(Search.id == search_id)
@@ -338,9 +342,8 @@ class Store(RungStore):
                 session.execute(insert(Metric), [
                     {"candidate_id": row.id, "name": name, "value": float(value)}
                     for name, value in result.metrics.items()])
-            if result.latencies:
-                session.execute(insert(Latency), [
-                    latency_values(row.id, arch.hash, lat, now) for lat in result.latencies])
+            # The search's own measurement (0), whatever a reused cached one was numbered.
+            insert_latencies(session, row.id, arch.hash, result.latencies, now, measurement=0)
             if result.weights is not None:
                 session.execute(insert(Weights), [{
                     "candidate_id": row.id, "format": "safetensors", "size": len(result.weights),
@@ -363,9 +366,7 @@ class Store(RungStore):
                 raise StoreError(f"search {search!r} trial {trial_number} is {row.state}, not running")
             session.execute(delete(Latency).where(Latency.candidate_id == row.id)
                             .execution_options(synchronize_session=False))
-            if latencies:
-                session.execute(insert(Latency), [
-                    latency_values(row.id, row.arch_hash, lat, now) for lat in latencies])
+            insert_latencies(session, row.id, row.arch_hash, latencies, now, measurement=0)
             owner.updated_at = now
 
     @retrying
@@ -439,13 +440,21 @@ class Store(RungStore):
         return found[0]
 
     @retrying
-    def cached_latency(self, arch_hash: str, profile_hash: str) -> ProfileLatency | None:
-        """The latest latency measured for this shape on this profile, in any search."""
+    def cached_latency(self, arch_hash: str, profile_hash: str,
+                       machine_hash: str | None = None) -> ProfileLatency | None:
+        """The latest latency measured for this shape on this profile, in any search.
+
+        ``machine_hash``: only a measurement that machine took (`MachineInfo.hash`), never one
+        from another machine or an unknown one (rows from before machines were recorded): the
+        driver passes its own when timing runs on this host. None: any machine.
+        """
+        where = [Latency.arch_hash == arch_hash, Latency.profile_hash == profile_hash]
+        if machine_hash is not None:
+            where.append(Latency.machine_hash == machine_hash)
         with self._read() as session:
             row = session.execute(
-                select(*Latency.__table__.c).where(Latency.arch_hash == arch_hash,
-                                                   Latency.profile_hash == profile_hash)
-                .order_by(Latency.measured_at.desc()).limit(1)).one_or_none()
+                machine_join(select(*latency_columns())).where(*where)
+                .order_by(Latency.measured_at.desc(), Latency.measurement.desc()).limit(1)).one_or_none()
             return None if row is None else profile_latency(row)
 
     @retrying

@@ -3,15 +3,17 @@ and the frozen records `Store` hands out, kept apart from the queries and transa
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, literal, select
+from sqlalchemy import ColumnElement, Select, delete, func, insert, literal, select
 from sqlalchemy.orm import Session
 
 from nas.architecture import Architecture
 from nas.errors import NotFoundError, StoreError
-from nas.results import LatencyStats, ProfileLatency, RungLoss
+from nas.results import LatencyStats, MachineInfo, ProfileLatency, RungLoss
 from nas.store.records import (
     CandidateRecord,
     SearchRecord,
@@ -24,6 +26,7 @@ from nas.store.tables import (
     Candidate,
     Checkpoint,
     Latency,
+    Machine,
     Metric,
     ParetoSnapshot,
     Rung,
@@ -101,27 +104,123 @@ def rung_loss(row: Any) -> RungLoss:
                     seconds=row.seconds)
 
 
+def _stats_json(stats: LatencyStats) -> dict[str, Any]:
+    return dataclasses.asdict(stats)
+
+
+def _stats(data: Mapping[str, Any]) -> LatencyStats:
+    return LatencyStats(median_ms=float(data["median_ms"]), p90_ms=float(data["p90_ms"]),
+                        cv=float(data["cv"]), n=int(data["n"]), ci_low_ms=data.get("ci_low_ms"),
+                        ci_high_ms=data.get("ci_high_ms"))
+
+
+def workload_json(lat: ProfileLatency) -> dict[str, Any] | None:
+    """Everything of ``lat`` beyond the prefill/decode columns; None when there is nothing
+    (a plain profile measured without intervals on an unnamed host)."""
+    data: dict[str, Any] = {}
+    if lat.workload:
+        data["stats"] = {suffix: _stats_json(stats) for suffix, stats in lat.workload}
+    for name in ("tokens_per_s", "peak_mb", "estimate_mb"):
+        if getattr(lat, name) is not None:
+            data[name] = float(getattr(lat, name))
+    for phase, stats in (("prefill", lat.prefill), ("decode", lat.decode)):
+        if stats.ci_low_ms is not None or stats.ci_high_ms is not None:
+            data[f"{phase}_ci"] = [stats.ci_low_ms, stats.ci_high_ms]
+    if lat.machine is not None and lat.machine.hostname:
+        data["hostname"] = lat.machine.hostname  # nas_machines holds what identical hosts share
+    return data or None
+
+
+def machine_json(machine: MachineInfo) -> dict[str, Any]:
+    """A nas_machines row's info: the machine without the host that happened to report it."""
+    data = machine.to_dict()
+    data.pop("hostname", None)
+    return data
+
+
 def latency_values(candidate_id: int, arch_hash: str, lat: ProfileLatency,
-                    now: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {"candidate_id": candidate_id, "profile": lat.profile,
-                              "profile_hash": lat.profile_hash, "arch_hash": arch_hash,
-                              "node": lat.node, "measured_at": now}
+                   now: Any, measurement: int | None = None) -> dict[str, Any]:
+    """A nas_latencies row; ``measurement`` overrides ``lat.measurement`` (a re-timing's number)."""
+    values: dict[str, Any] = {
+        "candidate_id": candidate_id, "profile": lat.profile, "profile_hash": lat.profile_hash,
+        "arch_hash": arch_hash, "node": lat.node, "measured_at": now,
+        "measurement": lat.measurement if measurement is None else measurement,
+        "workload": workload_json(lat), "machine_hash": None if lat.machine is None else lat.machine.hash}
     for phase, stats in (("prefill", lat.prefill), ("decode", lat.decode)):
         values.update({f"{phase}_median_ms": stats.median_ms, f"{phase}_p90_ms": stats.p90_ms,
                        f"{phase}_cv": stats.cv, f"{phase}_n": stats.n})
     return values
 
 
+def upsert_machines(session: Session, machines: Iterable[MachineInfo | None], now: Any) -> None:
+    """Record ``machines`` (first seen now); a known hash stays as it is. INSERT ... ON
+    CONFLICT DO NOTHING: a `nas retime` and a search may record the same one at once."""
+    by_hash = {m.hash: m for m in machines if m is not None}
+    if not by_hash:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    session.execute(dialect_insert(Machine).on_conflict_do_nothing(index_elements=["hash"]),
+                    [{"hash": h, "info": machine_json(m), "first_seen": now} for h, m in by_hash.items()])
+
+
+def insert_latencies(session: Session, candidate_id: int, arch_hash: str,
+                     latencies: Sequence[ProfileLatency], now: Any,
+                     measurement: int | None = None) -> None:
+    """Insert latency rows (and their machines) for one candidate."""
+    if not latencies:
+        return
+    upsert_machines(session, (lat.machine for lat in latencies), now)
+    session.execute(insert(Latency), [latency_values(candidate_id, arch_hash, lat, now, measurement)
+                                      for lat in latencies])
+
+
+def latency_columns() -> list[Any]:
+    """The columns `profile_latency` reads: a latency row with its machine's info (outer join
+    with `machine_join`; NULL for rows from before migration 0006)."""
+    return [*Latency.__table__.c, Machine.info.label("machine_info")]
+
+
+def machine_join(query: Select[Any]) -> Select[Any]:
+    return query.outerjoin(Machine, Machine.hash == Latency.machine_hash)
+
+
 def profile_latency(row: Any) -> ProfileLatency:
+    """A `latency_columns` row as the `ProfileLatency` that was stored, every field included."""
+    extra: Mapping[str, Any] = row.workload or {}
+    cis = {phase: extra.get(f"{phase}_ci") or [None, None] for phase in ("prefill", "decode")}
+    info = getattr(row, "machine_info", None)
+    machine = (None if info is None
+               else MachineInfo.from_dict({**info, "hostname": extra.get("hostname", "")}))
     return ProfileLatency(
         profile=row.profile, profile_hash=row.profile_hash, node=row.node,
-        prefill=LatencyStats(row.prefill_median_ms, row.prefill_p90_ms, row.prefill_cv, row.prefill_n),
-        decode=LatencyStats(row.decode_median_ms, row.decode_p90_ms, row.decode_cv, row.decode_n))
+        prefill=LatencyStats(row.prefill_median_ms, row.prefill_p90_ms, row.prefill_cv, row.prefill_n,
+                             *cis["prefill"]),
+        decode=LatencyStats(row.decode_median_ms, row.decode_p90_ms, row.decode_cv, row.decode_n,
+                            *cis["decode"]),
+        workload=tuple((suffix, _stats(stats)) for suffix, stats in extra.get("stats", {}).items()),
+        tokens_per_s=extra.get("tokens_per_s"), peak_mb=extra.get("peak_mb"),
+        estimate_mb=extra.get("estimate_mb"), machine=machine, measurement=int(row.measurement))
+
+
+def latest_latencies(rows: Iterable[Any]) -> dict[int, list[ProfileLatency]]:
+    """Per candidate, the latest measurement on each profile (by profile name): what is in
+    force. ``rows`` ordered by candidate, profile and measurement."""
+    latest: dict[tuple[int, str], Any] = {}
+    for row in rows:
+        latest[(row.candidate_id, row.profile)] = row  # later measurements overwrite earlier
+    out: dict[int, list[ProfileLatency]] = defaultdict(list)
+    for (candidate_id, _profile), row in latest.items():
+        out[candidate_id].append(profile_latency(row))
+    return out
 
 
 def load_candidates(session: Session, *where: ColumnElement[bool],
                      with_proxy: bool = True) -> list[CandidateRecord]:
-    """Candidates matching ``where`` with metrics, latencies, weights flags and rungs: five queries.
+    """Candidates matching ``where`` with metrics, latencies (the latest measurement per
+    profile, with its machine), weights flags and rungs: five queries.
 
     Core column selects on the session's connection, not ORM entities: 10,000 candidates
     would otherwise mean 10,000 identity-map entries and change tracking for nothing.
@@ -142,11 +241,9 @@ def load_candidates(session: Session, *where: ColumnElement[bool],
             select(Metric.candidate_id, Metric.name, Metric.value)
             .join(Candidate, Candidate.id == Metric.candidate_id).where(*where)):
         metrics[candidate_id][name] = value
-    latencies: dict[int, list[ProfileLatency]] = defaultdict(list)
-    for lat in conn.execute(
-            select(*Latency.__table__.c).join(Candidate, Candidate.id == Latency.candidate_id)
-            .where(*where).order_by(Latency.candidate_id, Latency.profile)):
-        latencies[lat.candidate_id].append(profile_latency(lat))
+    latencies = latest_latencies(conn.execute(machine_join(
+        select(*latency_columns()).join(Candidate, Candidate.id == Latency.candidate_id))
+        .where(*where).order_by(Latency.candidate_id, Latency.profile, Latency.measurement)))
     with_weights = set(conn.scalars(
         select(Weights.candidate_id).join(Candidate, Candidate.id == Weights.candidate_id)
         .where(*where)))

@@ -182,7 +182,11 @@ class Metric(Base):
 
 
 class Latency(Base):
-    """Latency of one candidate on one hardware profile."""
+    """One measurement of one candidate on one hardware profile.
+
+    ``measurement`` 0 is the search's own; a re-timing (`Store.record_retime`) adds its number
+    beside it, so every value ever measured is kept and the latest is the one in force.
+    """
 
     __tablename__ = "nas_latencies"
     # Latency depends on the shape, not the weights: reuse it across searches.
@@ -191,6 +195,8 @@ class Latency(Base):
     candidate_id: Mapped[int] = mapped_column(
         ForeignKey("nas_candidates.id", ondelete="CASCADE"), primary_key=True)
     profile: Mapped[str] = mapped_column(String(200), primary_key=True)
+    measurement: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False,
+                                             server_default="0")
     profile_hash: Mapped[str] = mapped_column(String(64))
     arch_hash: Mapped[str] = mapped_column(String(64))
     prefill_median_ms: Mapped[float] = mapped_column(nullable=True)
@@ -203,6 +209,43 @@ class Latency(Base):
     decode_n: Mapped[int] = mapped_column(Integer)
     node: Mapped[str] = mapped_column(String(255))
     measured_at: Mapped[datetime]
+    # The rest of `ProfileLatency` (`nas.store.rows.workload_json`): workload stats by metric
+    # suffix, tokens_per_s, peak_mb, estimate_mb, bootstrap intervals, the measuring host's
+    # name. NULL in rows written before migration 0006.
+    workload: Mapped[dict[str, Any] | None]
+    # `MachineInfo.hash` of what measured it (nas_machines); NULL: unknown (before 0006).
+    machine_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Machine(Base):
+    """A kind of machine that took measurements, by `MachineInfo.hash` (host names excluded:
+    identical nodes are one machine; each latency row keeps its own host)."""
+
+    __tablename__ = "nas_machines"
+
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    info: Mapped[dict[str, Any]]  # MachineInfo.to_dict() without the hostname
+    first_seen: Mapped[datetime]
+
+
+class Retime(Base):
+    """One re-timing of a search's front (`nas.store.records.RetimeRecord`)."""
+
+    __tablename__ = "nas_retimes"
+    __table_args__ = (UniqueConstraint("search_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    search_id: Mapped[int] = mapped_column(ForeignKey("nas_searches.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ...: its measurements' `measurement`
+    created_at: Mapped[datetime]
+    machine_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    profiles: Mapped[list[Any]]  # profile names timed
+    members: Mapped[list[Any]]  # candidate ids timed together
+    front_before: Mapped[list[Any]]
+    front_after: Mapped[list[Any]]
+    unresolved: Mapped[list[Any]]  # [[candidate a, candidate b, metric], ...]
+    rounds: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Double)
 
 
 class ParetoSnapshot(Base):
@@ -267,5 +310,6 @@ class Checkpoint(Base):
     created_at: Mapped[datetime]
 
 
-__all__ = ["Rung", "Checkpoint", "Base", "Candidate", "Latency", "Metric", "ParetoSnapshot", "Search",
-           "Weights", "UTCDateTime", "Real", "utcnow", "SEARCH_STATUSES", "CANDIDATE_STATES"]
+__all__ = ["Rung", "Checkpoint", "Base", "Candidate", "Latency", "Machine", "Metric", "ParetoSnapshot",
+           "Retime", "Search", "Weights", "UTCDateTime", "Real", "utcnow", "SEARCH_STATUSES",
+           "CANDIDATE_STATES"]

@@ -23,7 +23,7 @@ from nas.store.tables import Candidate, Metric
 
 from .factories import result
 
-HEAD = "0005_parent"
+HEAD = "0006_measurements"
 PARENT_ARCH = Architecture(n_layer=4, d_model=64, n_head=4, n_kv_head=2)
 CHILD = Architecture(n_layer=2, d_model=32, n_head=2, n_kv_head=1)
 PARENT = ParentRef(fingerprint="3f2a9c1b00d4e5f6", directory="/models/parent", architecture=PARENT_ARCH,
@@ -51,7 +51,7 @@ def distilled(arch: Architecture = CHILD, derivation: dict | None = DERIVATION):
                                derivation=derivation, rung=RungLoss(0, 1024, 3.0, 0.1))
 
 
-def test_the_head_is_0005(store):
+def test_the_head_is_the_latest_migration(store):
     assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
     with store.engine.connect() as conn:
         assert current_revision(conn) == HEAD
