@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from nas.fronts import FrontAnalysis
     from nas.results import RungLoss
-    from nas.store import CandidateRecord, SnapshotRecord
+    from nas.store import CandidateRecord, SearchRecord, SnapshotRecord
 
 FRONT_COLOR = "#2563eb"
 DOMINATED_COLOR = "#94a3b8"
@@ -69,8 +69,23 @@ def hover_text(record: CandidateRecord, metrics: Sequence[str], status: str = ""
     arch = record.architecture
     lines = [f"<b>trial {record.trial_number}</b>{' · ' + status if status else ''}",
              arch.describe(), f"params {arch.n_params:,}"]
-    lines += [f"{m}: {format_value(record.metrics[m])}" for m in metrics if m in record.metrics]
+    lines += [f"{m}: {format_value(record.metrics[m])}{_interval(record, m)}" for m in metrics
+              if m in record.metrics]
     return "<br>".join(lines)
+
+
+def _interval(record: CandidateRecord, metric: str) -> str:
+    """`` [low, high]``: a re-timed latency's 95% interval, for hover text; "" otherwise."""
+    kind, _, rest = metric.partition(":")
+    if kind != "latency" or not record.latencies:
+        return ""
+    profile, _, quantity = rest.partition(":")
+    for lat in record.latencies:
+        if lat.profile == profile:
+            s = lat.stats().get(quantity)
+            if s is not None and s.ci_low_ms is not None and s.ci_high_ms is not None:
+                return f" [{format_value(s.ci_low_ms)}, {format_value(s.ci_high_ms)}]"
+    return ""
 
 
 # ----- Pareto scatter ----------------------------------------------------------------------
@@ -96,6 +111,37 @@ class ParetoData(NamedTuple):
         return sum(len(g.ids) for g in self.groups)
 
 
+def metric_direction(metric: str, objectives: Sequence[Any] = ()) -> str:
+    """Which way is better on ``metric``: its objective's direction where it is one, else
+    higher for a throughput and lower for everything else (times, memory, size, loss)."""
+    for o in objectives:
+        if o.metric == metric:
+            return o.direction
+    return "max" if metric.startswith("throughput:") else "min"
+
+
+def axis_metrics(search: SearchRecord) -> list[str]:
+    """The metrics a Pareto plot of ``search`` may put on an axis: its objectives, then every
+    metric its hardware profiles measure (prefill and decode, and a workload profile's
+    decode_ms@<context>, ttft_ms, generate_ms, tokens_per_s, peak_mb, estimate_mb).
+
+    Read from the search's stored profiles, not its candidates, so a page lists them without
+    reading 10,000 candidates. A stored profile this code cannot load gives its two timings.
+    """
+    from nas.errors import NasError
+    from nas.hardware import HardwareProfile
+
+    out = [m for m, _ in search.objectives]
+    for data in search.profiles:
+        try:
+            names: Sequence[str] = HardwareProfile.from_dict(data).metric_names()
+        except (NasError, TypeError, KeyError, ValueError):
+            name = data.get("name", "")
+            names = (f"latency:{name}:prefill_ms", f"latency:{name}:decode_ms") if name else ()
+        out += [m for m in names if m not in out]
+    return out
+
+
 def objective_pairs(analysis: FrontAnalysis) -> list[tuple[str, str]]:
     """Every ordered pair of distinct objectives: the axes a page may show."""
     metrics = analysis.metrics
@@ -109,27 +155,32 @@ def default_axes(metrics: Sequence[str]) -> tuple[str, str]:
 
 
 def pareto_data(analysis: FrontAnalysis, axes: Sequence[str]) -> ParetoData:
-    """Every complete candidate placed on ``axes`` (two or three objective names).
+    """Every complete candidate placed on ``axes`` (two or three of `axis_metrics`: objectives
+    or metrics the search's profiles measure, e.g. ``latency:cpu-1t-long:decode_ms@2048``).
 
     Groups: ``front`` is the search's front over *all* its objectives (feasible and
     non-dominated); ``dominated`` and ``infeasible`` are faded. The step line is the front of
-    the feasible points *in these two axes*: for a two-objective search the same points as
-    ``front``, for more a projection that shows the trade-off the axes show.
+    the feasible points *in these two axes* (a measured metric that is no objective taken
+    lower-is-better, throughput higher): for a two-objective search on its objectives the same
+    points as ``front``, otherwise a projection that shows the trade-off the axes show.
     """
     if len(axes) not in (2, 3) or len(set(axes)) != len(axes):
-        raise ValueError(f"axes={list(axes)} must be two or three distinct objectives")
+        raise ValueError(f"axes={list(axes)} must be two or three distinct metrics")
     index = {m: i for i, m in enumerate(analysis.metrics)}
-    unknown = [a for a in axes if a not in index]
+    choices = axis_metrics(analysis.search)
+    unknown = [a for a in axes if a not in index and a not in choices]
     if unknown:
         raise ValueError(f"axis {unknown[0]!r} is not an objective of search "
-                         f"{analysis.search.name!r} ({', '.join(analysis.metrics)})")
-    cols = [index[a] for a in axes]
-    axis_info = tuple(Axis(a, analysis.objectives[index[a]].direction) for a in axes)
-    values = analysis.values[:, cols] if len(analysis.complete) else np.zeros((0, len(cols)))
+                         f"{analysis.search.name!r}, nor a metric its profiles measure "
+                         f"({', '.join(choices)})")
+    axis_info = tuple(Axis(a, metric_direction(a, analysis.objectives)) for a in axes)
+    values = np.array([analysis.values[:, index[a]] if a in index
+                       else [r.metrics.get(a, math.nan) for r in analysis.complete] for a in axes],
+                      dtype=float).reshape(len(axes), len(analysis.complete)).T
     finite = np.all(np.isfinite(values), axis=1)
     status = np.where(analysis.on_front, "front",
                       np.where(analysis.feasible, "dominated", "infeasible"))
-    metrics = analysis.metrics
+    metrics = analysis.metrics + [a for a in axes if a not in index]  # hover: what is drawn too
     groups = []
     for group in GROUPS:
         idx = np.flatnonzero(finite & (status == group))
@@ -137,7 +188,7 @@ def pareto_data(analysis: FrontAnalysis, axes: Sequence[str]) -> ParetoData:
         label = {"front": "on the front", "dominated": "dominated", "infeasible": "infeasible"}[group]
         groups.append(PointGroup(
             group=group, ids=[r.id for r in records],
-            coords=[values[idx, k].tolist() for k in range(len(cols))],
+            coords=[values[idx, k].tolist() for k in range(len(axes))],
             hover=[hover_text(r, metrics, label + (", knee" if r.id == analysis.knee_id else ""))
                    for r in records],
             knee=[r.id == analysis.knee_id for r in records]))

@@ -3,7 +3,12 @@
 The search page of ``nas serve`` rendered with its data embedded: the same template,
 figures (`nas.plots`), table and script, plus plotly.js inline. Nothing is fetched when it
 opens: no server, no network. Clicking a point finds the candidate in the table; a search
-with rungs shows their counts, and its hypervolume can be drawn against training tokens.
+with rungs shows their counts, and its hypervolume can be drawn against training tokens. A
+re-timed front shows its re-timings, and its latencies with their 95% intervals and the pairs
+whose order is not resolved, as the page does.
+
+Every Pareto plot it can switch to is embedded, so it embeds a bounded set: the pairs of the
+first objectives, and each measured workload metric against the first objective.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ if TYPE_CHECKING:
     from nas.store import Store
 
 MAX_PAIR_OBJECTIVES = 4  # axis choices embedded for the first 4 objectives: at most 12 plots
+MAX_MEASURED_AXES = 12  # and at most 12 measured metrics (x) against the first objective (y)
 
 
 def render_report(store: Store, name: str) -> str:
@@ -32,13 +38,19 @@ def render_report(store: Store, name: str) -> str:
     axes = list(plots.default_axes(analysis.metrics))
     first = analysis.metrics[:MAX_PAIR_OBJECTIVES]
     pairs = [(x, y) for x, y in plots.objective_pairs(analysis) if x in first and y in first]
-    figures = view.figures(axes, parts=("pareto3d", "hypervolume", "parallel", "rungs"))
+    choices = plots.axis_metrics(analysis.search)
+    if analysis.metrics:
+        # Only metrics some complete candidate has: an empty plot is not worth its bytes.
+        present = {m for r in analysis.complete for m in r.metrics}
+        measured = [m for m in choices if m not in analysis.metrics and m in present]
+        pairs += [(m, analysis.metrics[0]) for m in measured[:MAX_MEASURED_AXES]]
+    figures = view.figures(axes, parts=("pareto3d", "hypervolume", "parallel", "rungs", "retimes"))
     figures["pareto"] = {f"{x}|{y}": view.pareto_figure((x, y)) for x, y in pairs}
     data = {"figures": figures, "candidates": view.rows()}
     return environment().get_template("search.html").render(
         offline=True, token_required=False, name=name,
         search={**search_out(view.summary, view.search), **view.rung_summary()},
-        axes=axes, data=data, api_base="", plotly_js=get_plotlyjs(),
+        axes=axes, axis_choices=choices, data=data, api_base="", plotly_js=get_plotlyjs(),
         written=datetime.now(timezone.utc))
 
 

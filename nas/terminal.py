@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import typer
@@ -19,6 +19,11 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 UNLIMITED_WIDTH = 100_000  # "no limit" for Rich, which needs a number; tables take what they need
+UNRESOLVED_MARK = "≈"  # a value whose order against another front member is not resolved
+# Per candidate id: metric -> its 95% interval [low, high] (re-timed measurements only), and
+# the members its order is not resolved against ({"id", "trial_number", "metric"} each).
+Intervals = Mapping[int, Mapping[str, Sequence[float]]]
+Unresolved = Mapping[int, Sequence[Mapping[str, Any]]]
 
 
 def make_console(*, stderr: bool = False) -> Console:
@@ -71,8 +76,48 @@ def summary_json(s: Any) -> dict[str, Any]:
     return out
 
 
-def front_table(console: Console, analysis: Any) -> Table:
-    """`nas show`: the front of a `FrontAnalysis` by its first objective, the knee marked."""
+def metric_cell(record: Any, metric: str, intervals: Intervals | None = None,
+                unresolved: Unresolved | None = None, digits: int = 4) -> str:
+    """A metric's value as tables show it: ``0.1234 [0.1203, 0.1261] ≈`` when re-timed (its
+    95% interval) and its order against another member is not resolved on it; ``-`` if absent."""
+    if metric not in record.metrics:
+        return "-"
+    text = f"{record.metrics[metric]:.{digits}g}"
+    ci = (intervals or {}).get(record.id, {}).get(metric)
+    if ci is not None:
+        text += f" [{ci[0]:.4g}, {ci[1]:.4g}]"
+    if any(u["metric"] == metric for u in (unresolved or {}).get(record.id, ())):
+        text += f" {UNRESOLVED_MARK}"
+    return text
+
+
+def unresolved_note(records: Sequence[Any], unresolved: Unresolved | None,
+                    number: int | None = None) -> str:
+    """The footnote under a table with ``≈`` marks: each unresolved pair among ``records``
+    once, by trial numbers, and the metric."""
+    trial = {r.id: r.trial_number for r in records}
+    pairs: list[str] = []
+    seen: set[tuple[int, int, str]] = set()
+    for r in records:
+        for u in (unresolved or {}).get(r.id, ()):
+            key = (*sorted((r.id, u["id"])), u["metric"])
+            if key in seen:
+                continue
+            seen.add(key)  # type: ignore[arg-type]
+            other = u.get("trial_number", trial.get(u["id"]))
+            pairs.append(f"trial {r.trial_number} and trial {other} on {u['metric']}")
+    if not pairs:
+        return ""
+    which = f"re-timing {number}" if number is not None else "the latest re-timing"
+    return (f"{UNRESOLVED_MARK} order not resolved by {which} (95% intervals overlap): "
+            + "; ".join(pairs))
+
+
+def front_table(console: Console, analysis: Any, intervals: Intervals | None = None,
+                unresolved: Unresolved | None = None, retime_number: int | None = None) -> Table:
+    """`nas show`: the front of a `FrontAnalysis` by its first objective, the knee marked.
+    A re-timed front shows its values' 95% intervals and marks (≈, with a footnote) the pairs
+    whose order the re-timing did not resolve."""
     objectives = analysis.metrics[:4]
     grid = table(console, "trial", "architecture", "params", *objectives,
                  title=f"Pareto front of {escape(analysis.search.name)} ({len(analysis.front)} "
@@ -80,15 +125,90 @@ def front_table(console: Console, analysis: Any) -> Table:
     for r in analysis.front:
         marker = " (knee)" if r.id == analysis.knee_id else ""
         grid.add_row(f"{r.trial_number}{marker}", r.architecture.describe(),
-                     f"{r.architecture.n_params:,}", *[f"{r.metrics[m]:.4g}" for m in objectives])
+                     f"{r.architecture.n_params:,}",
+                     *[metric_cell(r, m, intervals, unresolved) for m in objectives])
+    note = unresolved_note(analysis.front, unresolved, retime_number)
+    if note:
+        grid.caption = escape(note)
     return grid
 
 
-def trials_table(console: Console, analysis: Any, states: Sequence[str] = ()) -> Table:
+def retimes_table(console: Console, retimes: Sequence[Any], trial_of: Mapping[int, int]) -> Table:
+    """`nas show` of a re-timed search: one row per `RetimeRecord`, the latest last: when, on
+    which machine, how many members, who entered and left the front, unresolved pairs."""
+    def trials(ids: Sequence[int]) -> str:
+        return ", ".join(str(trial_of.get(i, f"id {i}")) for i in ids) or "-"
+
+    grid = table(console, "#", "when", "machine", "profiles", "members", "entered", "left",
+                 "unresolved", "rounds", "seconds",
+                 title=f"Re-timings of {escape(retimes[0].search) if retimes else 'the search'} "
+                       "(members timed together, interleaved; entered/left are trial numbers)",
+                 right=("#", "members", "unresolved", "rounds", "seconds"))
+    for r in retimes:
+        grid.add_row(str(r.number), f"{r.created_at:%Y-%m-%d %H:%M}",
+                     escape(r.machine.summary) if r.machine is not None else "not recorded",
+                     escape(", ".join(r.profiles)), str(len(r.members)), trials(r.entered),
+                     trials(r.left), str(len(r.unresolved)), str(r.rounds), f"{r.seconds:.1f}")
+    return grid
+
+
+def latency_tables(console: Console, record: Any, earlier: Mapping[str, Sequence[Any]] | None = None,
+                   intervals: Intervals | None = None) -> list[Table]:
+    """`nas show NAME --trial N`: per profile, the measurement in force (every timed quantity:
+    median, p90, CV, 95% interval when re-timed), throughput and memory (measured peak beside
+    the estimate) and the machine; then the earlier measurements, kept, by their medians."""
+    out: list[Table] = []
+    for lat in record.latencies:
+        stats = lat.stats()
+        label = "the search's" if lat.measurement == 0 else f"re-timing {lat.measurement}"
+        grid = table(console, "quantity", "median (ms)", "p90 (ms)", "CV", "95% interval (ms)", "runs",
+                     title=f"Trial {record.trial_number} on {escape(lat.profile)} "
+                           f"(measurement {lat.measurement}: {label})",
+                     right=("median (ms)", "p90 (ms)", "CV", "95% interval (ms)", "runs"))
+        for name, s in stats.items():
+            ci = (f"[{s.ci_low_ms:.4g}, {s.ci_high_ms:.4g}]"
+                  if s.ci_low_ms is not None and s.ci_high_ms is not None else "-")
+            grid.add_row(escape(name), f"{s.median_ms:.4g}", f"{s.p90_ms:.4g}", f"{100 * s.cv:.1f}%",
+                         ci, f"{s.n:,}")
+        facts = []
+        if lat.tokens_per_s is not None:
+            ci = (intervals or {}).get(record.id, {}).get(f"throughput:{lat.profile}:tokens_per_s")
+            facts.append(f"{lat.tokens_per_s:.4g} tokens/s"
+                         + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci is not None else ""))
+        if lat.peak_mb is not None or lat.estimate_mb is not None:
+            peak = f"{lat.peak_mb:.4g}" if lat.peak_mb is not None else "-"
+            estimate = f"{lat.estimate_mb:.4g}" if lat.estimate_mb is not None else "-"
+            diff = (f" ({lat.peak_mb - lat.estimate_mb:+.4g} MB)"
+                    if lat.peak_mb is not None and lat.estimate_mb is not None else "")
+            facts.append(f"peak {peak} MB measured vs {estimate} MB estimated{diff}")
+        facts.append(f"measured on {lat.machine.summary}" + (f", host {lat.machine.hostname}"
+                                                           if lat.machine.hostname else "")
+                     if lat.machine is not None else "machine not recorded")
+        grid.caption = escape(" · ".join(facts))
+        out.append(grid)
+        older = list((earlier or {}).get(lat.profile, ()))
+        if older:
+            names = list(stats)
+            history = table(console, "measurement", "machine", *(f"{n} (ms)" for n in names),
+                            title=f"Earlier measurements of trial {record.trial_number} on "
+                                  f"{escape(lat.profile)} (kept)",
+                            right=tuple(f"{n} (ms)" for n in names))
+            for e in older:
+                theirs = e.stats()
+                history.add_row(str(e.measurement),
+                                escape(e.machine.summary) if e.machine is not None else "not recorded",
+                                *(f"{theirs[n].median_ms:.4g}" if n in theirs else "-" for n in names))
+            out.append(history)
+    return out
+
+
+def trials_table(console: Console, analysis: Any, states: Sequence[str] = (),
+                 intervals: Intervals | None = None, unresolved: Unresolved | None = None) -> Table:
     """`nas show --all`: every trial with where it stands (front, knee, dominated, infeasible)
     or its state (failed, running, pruned: stopped at a rung, the error says which and why;
     infeasible: never trained, the error says which constraint its shape step broke) and
-    error. ``states`` (`nas show --state`) keeps the trials in those stored states only."""
+    error. ``states`` (`nas show --state`) keeps the trials in those stored states only.
+    Re-timed values carry their intervals and ≈ marks, as in `front_table`."""
     objectives = analysis.metrics[:4]
     rungs = bool(analysis.search.fidelity)
     shown = [r for r in analysis.candidates if not states or r.state in states]
@@ -101,10 +221,13 @@ def trials_table(console: Console, analysis: Any, states: Sequence[str] = ()) ->
                  right=("trial", "params", *objectives, "tokens"))
     where = {r.id: i for i, r in enumerate(analysis.complete)}
     for r in shown:
-        values = [f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in objectives]
+        values = [metric_cell(r, m, intervals, unresolved) for m in objectives]
         grid.add_row(str(r.trial_number), standing(analysis, r, where), r.architecture.describe(),
                      f"{r.architecture.n_params:,}", *values, *((f"{r.tokens:,}",) if rungs else ()),
                      r.error)
+    note = unresolved_note(shown, unresolved)
+    if note:
+        grid.caption = escape(note)
     return grid
 
 

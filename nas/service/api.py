@@ -5,6 +5,13 @@ is 422 in FastAPI's format (``detail[].loc`` names the field); a request that cl
 the search's state is 409; writes without the server's token are 401 (`nas.service.auth`).
 Data about a search's candidates may trail it by one rebuild (see `ViewCache`); it says
 which ``version`` it shows.
+
+Measurements (`nas.service.measurements`): a candidate's ``latencies`` are the ones in force,
+one per profile, with every timed quantity of its workload, throughput, measured peak memory
+beside the estimate, the machine that took it and its number (0: the search's, k: the k-th
+re-timing); ``latency_history`` keeps every earlier one. A re-timed value carries its 95%
+interval (``intervals`` in every candidate list) and the pairs its order is not resolved
+against (``unresolved``); ``/searches/{name}/retimes`` lists the re-timings themselves.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from nas.service.schemas import (
     HypervolumePointOut,
     LaunchIn,
     LaunchOut,
+    RetimeOut,
     SearchOut,
     SearchSummaryOut,
     StopOut,
@@ -43,7 +51,7 @@ from nas.states import DRIVER_LOST, LIVE_STATUSES
 
 router = APIRouter(prefix="/api", tags=["searches"])
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such search or candidate"}}
-FigurePart = Literal["pareto", "pareto3d", "hypervolume", "parallel", "rungs"]
+FigurePart = Literal["pareto", "pareto3d", "hypervolume", "parallel", "rungs", "retimes"]
 ALL_PARTS: tuple[str, ...] = get_args(FigurePart)
 
 
@@ -95,15 +103,26 @@ def read_hypervolume(name: str, request: Request) -> list[dict[str, Any]]:
 
 @router.get("/searches/{name}/front", response_model=FrontOut, responses=NOT_FOUND)
 def read_front(name: str, request: Request) -> dict[str, Any]:
-    """The feasible non-dominated candidates, by the first objective, and the knee."""
+    """The feasible non-dominated candidates, by the first objective, and the knee; with the
+    latest re-timing, whose intervals and unresolved pairs the candidates carry."""
     view = _views(request).get(name)
     a = view.analysis
     by_id = {row["id"]: row for row in view.rows()}
+    retimes = view.retimes_out()
     return {"search": name,
             "objectives": [{"metric": o.metric, "direction": o.direction} for o in a.objectives],
             "reference_point": list(a.reference) if a.reference is not None else None,
             "hypervolume": a.hypervolume, "knee_id": a.knee_id, "knee_trial": knee_trial(a),
-            "candidates": [by_id[r.id] for r in a.front]}
+            "candidates": [by_id[r.id] for r in a.front],
+            "retime": retimes[-1] if retimes else None}
+
+
+@router.get("/searches/{name}/retimes", response_model=list[RetimeOut], responses=NOT_FOUND)
+def list_retimes(name: str, request: Request) -> list[dict[str, Any]]:
+    """Every re-timing of the search's front (at its end, and each ``nas retime``), oldest
+    first: who was timed together on which machine, who entered or left the front, and the
+    pairs whose order the 95% intervals do not resolve."""
+    return _views(request).get(name).retimes_out()
 
 
 @router.get("/searches/{name}/candidates", response_model=list[CandidateBrief], responses=NOT_FOUND)
@@ -129,22 +148,27 @@ def list_candidates(
 @router.get("/searches/{name}/figures", responses=NOT_FOUND)
 def read_figures(
     name: str, request: Request,
-    x: Annotated[str | None, Query(max_length=200, description="objective on the x axis")] = None,
-    y: Annotated[str | None, Query(max_length=200, description="objective on the y axis")] = None,
+    x: Annotated[str | None, Query(max_length=200, description="metric on the x axis: an "
+                                   "objective or one the profiles measure (axis_metrics)")] = None,
+    y: Annotated[str | None, Query(max_length=200, description="metric on the y axis")] = None,
     part: Annotated[list[FigurePart] | None, Query(description="default: all")] = None,
 ) -> Response:
-    """The search page's Plotly figures (``{"data": [...], "layout": {...}}`` each); part
-    ``rungs`` adds the rung counts and ``tokens_spent`` of the same version."""
+    """The search page's Plotly figures (``{"data": [...], "layout": {...}}`` each). The
+    Pareto plot's axes may be any of ``axis_metrics``: the objectives, then every metric the
+    search's profiles measure (e.g. ``latency:cpu-1t-long:decode_ms@2048``,
+    ``memory:cpu-1t-long:peak_mb``). Part ``rungs`` adds the rung counts and ``tokens_spent``,
+    part ``retimes`` the re-timings, of the same version."""
     view = _views(request).get(name)
     metrics = view.analysis.metrics
+    choices = plots.axis_metrics(view.search)
     default_x, default_y = plots.default_axes(metrics)
     axes = [x or default_x, y or default_y]
     for field, value in zip(("x", "y"), axes):
-        if value not in metrics:
-            raise invalid("query", field, f"{value!r} is not an objective of search {name!r} "
-                                          f"({', '.join(metrics)})")
+        if value not in choices:
+            raise invalid("query", field, f"{value!r} is not an objective of search {name!r}, nor "
+                                          f"a metric its profiles measure ({', '.join(choices)})")
     if len(metrics) >= 2 and axes[0] == axes[1]:
-        raise invalid("query", "y", "x and y must be different objectives")
+        raise invalid("query", "y", "x and y must be different metrics")
     figures = view.figures(axes, parts=part or ALL_PARTS)
     return Response(json_bytes(figures), media_type="application/json")
 
@@ -157,8 +181,10 @@ def load_candidate(request: Request, candidate_id: int) -> tuple[Any, SearchView
 
 @router.get("/candidates/{candidate_id}", response_model=CandidateOut, responses=NOT_FOUND)
 def read_candidate(candidate_id: int, request: Request) -> dict[str, Any]:
-    """Everything one candidate produced: architecture, metrics, latency per profile, proxy run."""
-    return candidate_out(*load_candidate(request, candidate_id))
+    """Everything one candidate produced: architecture, metrics, latency and memory per profile
+    (the measurement in force, and every earlier one in ``latency_history``), proxy run."""
+    record, view = load_candidate(request, candidate_id)
+    return candidate_out(record, view, request.app.state.store.latency_history(candidate_id))
 
 
 # ----- writes --------------------------------------------------------------------------------

@@ -25,7 +25,10 @@ from nas.service.templating import STATIC_DIR, environment
 from nas.service.views import ViewCache
 
 API_DESCRIPTION = """Browse hardware-aware architecture searches: their Pareto fronts and
-candidates, start searches and stop them. Requests that change anything (POST) need
+candidates, start searches and stop them. Candidates carry their latency and memory per
+hardware profile (every workload quantity, the machine that measured it, earlier measurements);
+a re-timed front carries 95% intervals and the pairs whose order they do not resolve
+(`/api/searches/{name}/retimes`). Requests that change anything (POST) need
 `Authorization: Bearer <token>` when the server was started with a token."""
 
 

@@ -70,6 +70,17 @@ class Comparison:
         return [o.metric for o in self.objectives]
 
     @property
+    def axis_metrics(self) -> list[str]:
+        """What the plot's axes may show: the shared objectives, then the metrics every compared
+        search's profiles measure (`nas.plots.axis_metrics`), e.g. a workload's decode_ms@2048."""
+        shared = [m for m in plots.axis_metrics(self.compared[0].search) if m not in self.metrics] \
+            if self.compared else []
+        for a in self.compared[1:]:
+            theirs = set(plots.axis_metrics(a.search))
+            shared = [m for m in shared if m in theirs]
+        return self.metrics + shared
+
+    @property
     def plottable(self) -> bool:
         return len(self.compared) >= 2 and len(self.objectives) >= 2
 
@@ -134,12 +145,12 @@ class CompareData(NamedTuple):
 
 
 def compare_data(comparison: Comparison, axes: Sequence[str]) -> CompareData:
-    """Each compared search's front on ``axes`` (two shared objectives). With more than two
-    objectives a front is projected, and its step line is the front of the search's feasible
-    points in these two axes, as on the search page."""
+    """Each compared search's front on ``axes`` (two of `Comparison.axis_metrics`). With more
+    than two objectives, or a measured metric on an axis, a front is projected, and its step
+    line is the front of the search's feasible points in these two axes, as on the search page."""
     x, y = axes
-    direction = dict(zip(comparison.metrics, (o.direction for o in comparison.objectives)))
-    axis = (plots.Axis(x, direction[x]), plots.Axis(y, direction[y]))
+    axis = (plots.Axis(x, plots.metric_direction(x, comparison.objectives)),
+            plots.Axis(y, plots.metric_direction(y, comparison.objectives)))
     fronts = []
     for a in comparison.compared:
         data = plots.pareto_data(a, (x, y))
@@ -218,17 +229,18 @@ def compare_page(request: Request, names: list[str] = Query(default=[]),  # noqa
         context["problems"] = problems
         return render(request, "compare.html",
                       status_code=200 if len(comparison.compared) >= 2 else 422, **context)
-    metrics = comparison.metrics
-    default = plots.default_axes(metrics)
+    choices = comparison.axis_metrics
+    default = plots.default_axes(comparison.metrics)
     axes = [x or default[0], y or default[1]]
     for key, value in zip(("x", "y"), axes):
-        if value not in metrics:
-            problems.append(f"{key}={value!r} is not an objective these searches share "
-                            f"({', '.join(metrics)}); showing {default[0]} across")
+        if value not in choices:
+            problems.append(f"{key}={value!r} is not an objective these searches share, nor a "
+                            f"metric all their profiles measure ({', '.join(choices)}); showing "
+                            f"{default[0]} across")
             axes = list(default)
     if axes[0] == axes[1]:
-        problems.append("x and y must be different objectives; showing the default axes")
+        problems.append("x and y must be different metrics; showing the default axes")
         axes = list(default)
-    context.update(problems=problems, axes=axes,
+    context.update(problems=problems, axes=axes, axis_choices=choices,
                    figure=compare_spec(compare_data(comparison, axes)))
     return render(request, "compare.html", **context)

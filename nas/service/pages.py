@@ -13,6 +13,7 @@ from nas import plots
 from nas.errors import NotFoundError
 from nas.service.api import load_candidate
 from nas.service.lineage import derivation_rows, derivation_summary
+from nas.service.measurements import history_by_profile, latency_out, measurement_label
 from nas.service.templating import plotly_js_path
 from nas.service.views import ACTIVE_STATUSES, candidate_out, search_out, search_url, summary_out
 
@@ -58,7 +59,7 @@ def search_page(name: str, request: Request) -> HTMLResponse:
     search = search_out(summary, record)
     axes = list(plots.default_axes([o["metric"] for o in search["objectives"]]))
     return render(request, "search.html", search=search, name=name, axes=axes, data=None,
-                  api_base=f"/api{search_url(name)}")
+                  axis_choices=plots.axis_metrics(record), api_base=f"/api{search_url(name)}")
 
 
 @router.get("/searches/{name}/thumbnail.svg")
@@ -75,7 +76,10 @@ def thumbnail(name: str, request: Request) -> Response:
 @router.get("/candidates/{candidate_id}", response_class=HTMLResponse)
 def candidate_page(candidate_id: int, request: Request) -> HTMLResponse:
     record, view = load_candidate(request, candidate_id)
-    candidate = candidate_out(record, view)
+    history = request.app.state.store.latency_history(candidate_id)
+    candidate = candidate_out(record, view, history)
+    earlier = {profile: [latency_out(lat) for lat in lats]
+               for profile, lats in history_by_profile(history, record.latencies).items()}
     n_rungs = len(view.search.rung_tokens)  # one (the whole budget) without fidelity: nothing to show
     curve = plots.loss_curve_data(record.proxy, record.rungs if n_rungs > 1 else ())
     figure = plots.loss_curve_spec(curve) if curve.tokens or curve.rung_tokens else None
@@ -88,7 +92,8 @@ def candidate_page(candidate_id: int, request: Request) -> HTMLResponse:
     return render(request, "candidate.html", c=candidate, n_rungs=n_rungs,
                   objectives=view.analysis.metrics, derived=derived, loss_figure=figure,
                   lineage=derivation_rows(record.derivation),
-                  lineage_summary=derivation_summary(record.derivation))
+                  lineage_summary=derivation_summary(record.derivation), earlier=earlier,
+                  measurement_label=measurement_label)
 
 
 @router.get("/vendor/plotly.min.js")

@@ -93,6 +93,19 @@ class HypervolumePointOut(BaseModel):
     created_at: datetime
 
 
+class CandidateRef(BaseModel):
+    id: int
+    trial_number: int | None = Field(description="what pages and the CLI show; null for a "
+                                     "candidate no longer in the search")
+    url: str = Field(description="the candidate's page")
+
+
+class UnresolvedOut(BaseModel):
+    id: int = Field(description="the other member of the pair")
+    trial_number: int | None
+    metric: str = Field(description="the objective on which their 95% intervals overlap")
+
+
 class CandidateBrief(BaseModel):
     id: int
     search: str
@@ -108,7 +121,51 @@ class CandidateBrief(BaseModel):
     knee: bool
     feasible: bool | None = Field(description="meets every constraint; null unless complete")
     tokens: int = Field(0, description="training tokens spent on it, every rung it reached")
+    intervals: dict[str, list[float]] = Field(
+        default_factory=dict, description="bootstrap 95% interval [low, high] of each metric "
+        "whose measurement in force has one (re-timed latencies and throughputs), e.g. "
+        "'latency:cpu-1t:decode_ms': [0.1203, 0.1261]; {} unless re-timed")
+    unresolved: list[UnresolvedOut] = Field(
+        default_factory=list, description="front members whose order against this one the "
+        "latest re-timing did not resolve (their intervals overlap on an objective)")
     url: str = Field(description="the candidate's page")
+
+
+class MachineOut(BaseModel):
+    cpu_model: str
+    cores: int = Field(description="cores the measuring process could run on")
+    flags: list[str] = Field(description="the CPU's instruction-set flags, sorted")
+    onnxruntime: str
+    onnx: str
+    hostname: str = Field(description="the host (Ray node) that took it; not part of the hash")
+    hash: str = Field(description="what makes two measurements comparable: CPU model, cores, "
+                      "flags and runtime versions")
+    summary: str
+
+
+class UnresolvedPairOut(BaseModel):
+    a: CandidateRef
+    b: CandidateRef
+    metric: str
+
+
+class RetimeOut(BaseModel):
+    number: int = Field(description="1, 2, ... within the search; measurements it took carry it")
+    search: str
+    created_at: datetime
+    machine: MachineOut | None = Field(description="the kind of machine every member was timed on")
+    profiles: list[str]
+    members: list[CandidateRef] = Field(description="timed together, interleaved in rounds: the "
+                                        "front and its nearest dominated neighbours")
+    front_before: list[CandidateRef]
+    front_after: list[CandidateRef] = Field(description="the front recomputed from the re-timed values")
+    entered: list[CandidateRef] = Field(description="on the front after, not before")
+    left: list[CandidateRef] = Field(description="on the front before, not after")
+    unresolved: list[UnresolvedPairOut] = Field(description="pairs whose 95% intervals overlap "
+                                                "on an objective: their order is not resolved")
+    n_unresolved: int
+    rounds: int
+    seconds: float
 
 
 class FrontOut(BaseModel):
@@ -119,21 +176,39 @@ class FrontOut(BaseModel):
     knee_id: int | None = Field(description="the knee's candidate id (its URL); null without a front")
     knee_trial: int | None = Field(description="the knee's trial number, as pages and the CLI show it")
     candidates: list[CandidateBrief] = Field(description="the front, by the first objective")
+    retime: RetimeOut | None = Field(None, description="the latest re-timing of the front; null "
+                                     "if it was never re-timed")
 
 
 class LatencyStatsOut(BaseModel):
     median_ms: float | None
     p90_ms: float | None
-    cv: float | None
-    n: int
+    cv: float | None = Field(description="robust coefficient of variation (1.4826 MAD / median)")
+    n: int = Field(description="timed repetitions kept")
+    ci_low_ms: float | None = Field(None, description="bootstrap 95% interval of the median; "
+                                    "null unless re-timed (`nas retime`)")
+    ci_high_ms: float | None = None
 
 
 class ProfileLatencyOut(BaseModel):
     profile: str
     profile_hash: str
     node: str
-    prefill: LatencyStatsOut
-    decode: LatencyStatsOut
+    measurement: int = Field(0, description="0: taken by the search; k: the k-th re-timing")
+    prefill: LatencyStatsOut = Field(description="the same as stats['prefill_ms']")
+    decode: LatencyStatsOut = Field(description="the same as stats['decode_ms'] (at past_len)")
+    stats: dict[str, LatencyStatsOut] = Field(
+        default_factory=dict, description="every timed quantity by metric suffix: prefill_ms, "
+        "decode_ms, and a workload profile's decode_ms@<context>, ttft_ms, generate_ms "
+        "(the metric is latency:<profile>:<suffix>)")
+    tokens_per_s: float | None = Field(None, description="throughput:<profile>:tokens_per_s")
+    peak_mb: float | None = Field(None, description="measured peak memory of the workload "
+                                  "(memory:<profile>:peak_mb)")
+    estimate_mb: float | None = Field(None, description="closed form: weights plus KV cache")
+    memory_diff_mb: float | None = Field(None, description="peak_mb - estimate_mb")
+    retimed: bool = Field(False, description="its quantities carry 95% intervals")
+    machine: MachineOut | None = Field(None, description="null for measurements stored before "
+                                       "machines were recorded")
 
 
 class RungLossOut(BaseModel):
@@ -145,7 +220,11 @@ class RungLossOut(BaseModel):
 
 class CandidateOut(CandidateBrief):
     attempts: int
-    latencies: list[ProfileLatencyOut]
+    latencies: list[ProfileLatencyOut] = Field(description="per profile, the measurement in "
+                                               "force (the latest)")
+    latency_history: list[ProfileLatencyOut] = Field(
+        default_factory=list, description="every measurement, by profile then number: the "
+        "search's (0) and each re-timing's; earlier ones are kept, never overwritten")
     proxy: dict[str, Any] = Field(description="the proxy training run: val_loss, curve, tokens...")
     rungs: list[RungLossOut] = Field(description="its validation loss at every rung it reached, "
                                      "first rung first (a pruned candidate stopped at the last)")

@@ -1,8 +1,8 @@
 """What the pages, the API and the report show about a search, read once and cached.
 
 A `SearchView` is everything about one search at one moment: its summary, the
-`FrontAnalysis` of its candidates, its snapshots, and (computed on first use) figures and
-table rows. `ViewCache` keeps the latest view per search and knows from a cheap summary
+`FrontAnalysis` of its candidates, its snapshots and re-timings, and (computed on first use)
+figures and table rows. `ViewCache` keeps the latest view per search and knows from a cheap summary
 query (the search's `version`) when it is out of date. The ``*_out`` functions turn records
 into the JSON-ready dicts of the API's schemas, which pages and reports embed as well.
 """
@@ -23,15 +23,25 @@ from nas import plots
 from nas.errors import NotFoundError
 from nas.fronts import FrontAnalysis, analyze
 from nas.objectives import Objective
+from nas.service.measurements import intervals, latency_out, retime_out, unresolved_by_candidate
 from nas.states import LIVE_STATUSES
 from nas.util import json_safe
 
 if TYPE_CHECKING:
-    from nas.store import CandidateRecord, SearchRecord, SearchSummary, SnapshotRecord, Store
+    from nas.results import ProfileLatency
+    from nas.store import (
+        CandidateRecord,
+        RetimeRecord,
+        SearchRecord,
+        SearchSummary,
+        SnapshotRecord,
+        Store,
+    )
 
 T = TypeVar("T")
 log = logging.getLogger("nas.service")
 ACTIVE_STATUSES = LIVE_STATUSES  # a page polls while its search is in one of these
+FIGURE_PARTS = ("pareto", "pareto3d", "hypervolume", "parallel", "rungs", "retimes")
 
 
 def search_url(name: str) -> str:
@@ -51,17 +61,35 @@ class SearchView:
     """One search as read at one moment; derived data is computed once, on first use."""
 
     def __init__(self, summary: SearchSummary, analysis: FrontAnalysis,
-                 snapshots: Sequence[SnapshotRecord]) -> None:
+                 snapshots: Sequence[SnapshotRecord], retimes: Sequence[RetimeRecord] = ()) -> None:
         self.summary = summary
         self.version = version(summary)
         self.analysis = analysis
         self.snapshots = list(snapshots)
+        self.retimes = list(retimes)  # oldest first; the last one's unresolved pairs are marked
         self._memo: dict[Any, Any] = {}
         self._lock = threading.Lock()
 
     @property
     def search(self) -> SearchRecord:
         return self.analysis.search
+
+    @property
+    def trial_of(self) -> dict[int, int]:
+        """Candidate id -> trial number: what people read (ids stay in URLs)."""
+        return self.memo("trials", lambda: {r.id: r.trial_number for r in self.analysis.candidates})
+
+    @property
+    def latest_retime(self) -> RetimeRecord | None:
+        return self.retimes[-1] if self.retimes else None
+
+    def unresolved(self) -> dict[int, list[dict[str, Any]]]:
+        """Per candidate id, the members of the latest re-timing its order is not resolved against."""
+        return self.memo("unresolved", lambda: unresolved_by_candidate(self.latest_retime, self.trial_of))
+
+    def retimes_out(self) -> list[dict[str, Any]]:
+        """The search's re-timings, oldest first (the API's `RetimeOut`)."""
+        return self.memo("retimes", lambda: [retime_out(r, self.trial_of) for r in self.retimes])
 
     def memo(self, key: Any, compute: Callable[[], T]) -> T:
         """``compute()`` once per key; concurrent first callers may both compute (harmless)."""
@@ -79,14 +107,15 @@ class SearchView:
                          lambda: plots.pareto_spec(plots.pareto_data(self.analysis, axes)))
 
     def figures(self, axes: Sequence[str] | None = None,
-                parts: Sequence[str] = ("pareto", "pareto3d", "hypervolume", "parallel", "rungs")
-                ) -> dict[str, Any]:
-        """The search page's figures as Plotly JSON; ``axes`` are two objectives (x, y).
-        Part ``rungs`` is no figure but the rung counts and tokens spent (`rung_summary`),
-        drawn as a table by the page, of the same version as the figures."""
+                parts: Sequence[str] = FIGURE_PARTS) -> dict[str, Any]:
+        """The search page's figures as Plotly JSON; ``axes`` are two of `plots.axis_metrics`
+        (x, y). Parts ``rungs`` and ``retimes`` are no figures but the rung counts and tokens
+        spent (`rung_summary`) and the re-timings (`retimes_out`), drawn as tables by the page,
+        of the same version as the figures."""
         analysis = self.analysis
         axes = list(axes) if axes else list(plots.default_axes(analysis.metrics))
         out: dict[str, Any] = {"version": self.version, "axes": axes, "objectives": analysis.metrics,
+                               "axis_metrics": plots.axis_metrics(analysis.search),
                                "front_size": len(analysis.front), "knee_id": analysis.knee_id,
                                "knee_trial": knee_trial(analysis), "warnings": list(analysis.warnings)}
         if "pareto" in parts and len(analysis.metrics) >= 2:
@@ -101,6 +130,8 @@ class SearchView:
                                         lambda: plots.parallel_spec(plots.parallel_data(analysis)))
         if "rungs" in parts:
             out.update(self.rung_summary())
+        if "retimes" in parts:
+            out["retimes"] = self.retimes_out()
         return out
 
     def hypervolume_data(self) -> plots.HypervolumeData:
@@ -133,8 +164,10 @@ class SearchView:
         a = self.analysis
         front, knee = a.front_ids, a.knee_id
         feasible = {r.id: bool(f) for r, f in zip(a.complete, a.feasible.tolist())}
+        unresolved = self.unresolved()
         return [candidate_brief(r, on_front=r.id in front, knee=r.id == knee,
-                                feasible=feasible.get(r.id, _never_feasible(r))) for r in a.candidates]
+                                feasible=feasible.get(r.id, _never_feasible(r)),
+                                unresolved=unresolved.get(r.id, ())) for r in a.candidates]
 
 
 def knee_trial(analysis: FrontAnalysis) -> int | None:
@@ -143,7 +176,10 @@ def knee_trial(analysis: FrontAnalysis) -> int | None:
 
 
 def candidate_brief(record: CandidateRecord, *, on_front: bool, knee: bool,
-                    feasible: bool | None) -> dict[str, Any]:
+                    feasible: bool | None, unresolved: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """One candidate as lists show it (the API's `CandidateBrief`). ``intervals``: the 95%
+    intervals of its re-timed metrics; ``unresolved``: the members of the latest re-timing its
+    order is not resolved against (`SearchView.unresolved`)."""
     arch = record.architecture
     return {
         "id": record.id, "search": record.search, "trial_number": record.trial_number,
@@ -151,6 +187,7 @@ def candidate_brief(record: CandidateRecord, *, on_front: bool, knee: bool,
         "description": arch.describe(), "arch_hash": record.arch_hash, "params": arch.n_params,
         "metrics": {k: finite_or_none(v) for k, v in record.metrics.items()},
         "on_front": on_front, "knee": knee, "feasible": feasible, "tokens": record.tokens,
+        "intervals": intervals(record.latencies), "unresolved": list(unresolved),
         "url": candidate_url(record.id),
     }
 
@@ -203,35 +240,21 @@ def search_out(summary: SearchSummary, search: SearchRecord) -> dict[str, Any]:
     }
 
 
-def _stats(s) -> dict[str, Any]:
-    return {
-        "median_ms": finite_or_none(s.median_ms),
-        "p90_ms": finite_or_none(s.p90_ms),
-        "cv": finite_or_none(s.cv),
-        "n": s.n,
-    }
-
-
-def candidate_out(record, view: SearchView) -> dict[str, Any]:
+def candidate_out(record, view: SearchView, history: Sequence[ProfileLatency] = ()) -> dict[str, Any]:
+    """Everything about one candidate (the API's `CandidateOut`); ``history`` is every
+    measurement of it (`Store.latency_history`), the ones in force included."""
     a = view.analysis
     feasible = next((bool(f) for r, f in zip(a.complete, a.feasible) if r.id == record.id),
                     _never_feasible(record))
     brief = candidate_brief(
-        record, on_front=record.id in a.front_ids, knee=record.id == a.knee_id, feasible=feasible
+        record, on_front=record.id in a.front_ids, knee=record.id == a.knee_id, feasible=feasible,
+        unresolved=view.unresolved().get(record.id, ()),
     )
     return {
         **brief,
         "attempts": record.attempts,
-        "latencies": [
-            {
-                "profile": lat.profile,
-                "profile_hash": lat.profile_hash,
-                "node": lat.node,
-                "prefill": _stats(lat.prefill),
-                "decode": _stats(lat.decode),
-            }
-            for lat in record.latencies
-        ],
+        "latencies": [latency_out(lat) for lat in record.latencies],
+        "latency_history": [latency_out(lat) for lat in history],
         "proxy": record.proxy,
         "rungs": [{"rung": r.rung, "tokens": r.tokens, "val_loss": finite_or_none(r.val_loss),
                    "seconds": finite_or_none(r.seconds)} for r in record.rungs],
@@ -336,7 +359,8 @@ class ViewCache:
     def _build(self, name: str, summary: SearchSummary) -> SearchView:
         search = self.store.get_search(name)
         analysis = analyze(search, self.store.candidates(name, with_proxy=False))
-        return SearchView(summary, analysis, self.store.pareto_snapshots(name))
+        return SearchView(summary, analysis, self.store.pareto_snapshots(name),
+                          self.store.retimes(name))
 
 
 def version(s: SearchSummary) -> str:

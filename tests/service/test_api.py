@@ -102,8 +102,8 @@ def test_figures(client):
     assert sum(len(t["customdata"]) for t in markers) == 6
 
     r = client.get("/api/searches/demo/figures", params={"x": "val_loss", "y": LATENCY, "part": "pareto"})
-    assert set(r.json()) == {"version", "axes", "objectives", "front_size", "knee_id", "knee_trial",
-                             "warnings", "pareto"}
+    assert set(r.json()) == {"version", "axes", "objectives", "axis_metrics", "front_size", "knee_id",
+                             "knee_trial", "warnings", "pareto"}
     assert r.json()["pareto"]["layout"]["xaxis"]["title"]["text"].startswith("val_loss")
     assert "pareto3d" in client.get("/api/searches/cube/figures").json()
 
@@ -126,7 +126,8 @@ def test_read_candidate(client, shared_store):
     assert c["metrics"]["val_loss"] == 2.8 and c["has_weights"]
     (lat,) = c["latencies"]
     assert lat["profile"] == "cpu-1t" and lat["decode"] == {"median_ms": 0.2, "p90_ms": pytest.approx(0.22),
-                                                           "cv": 0.02, "n": 200}
+                                                           "cv": 0.02, "n": 200, "ci_low_ms": None,
+                                                           "ci_high_ms": None}
     assert c["proxy"]["curve"][0] == [256, pytest.approx(4.744)]
     assert c["export_url"] == f"/api/candidates/{record.id}/export" and c["search_url"] == "/searches/demo"
 
@@ -153,7 +154,7 @@ def test_openapi_schema_lists_every_route(client):
     assert set(paths) == {
         "/api/searches", "/api/searches/{name}", "/api/searches/{name}/front",
         "/api/searches/{name}/candidates", "/api/searches/{name}/figures",
-        "/api/searches/{name}/hypervolume",
+        "/api/searches/{name}/hypervolume", "/api/searches/{name}/retimes",
         "/api/candidates/{candidate_id}", "/api/searches/{name}/stop",
         "/api/candidates/{candidate_id}/export"}  # nas.service.export_api
     assert set(paths["/api/searches"]) == {"get", "post"}

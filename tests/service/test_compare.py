@@ -113,7 +113,8 @@ def test_three_objectives_are_compared_in_two_axes(store):
     assert '<option value="params" selected>' in r.text
     bad = client.get("/compare?names=cube-a,cube-b&x=speed", headers=HTML)
     assert bad.status_code == 200 and problems(bad.text)[0].startswith(
-        "x='speed' is not an objective these searches share (val_loss, latency:cpu-1t:decode_ms, params)")
+        "x='speed' is not an objective these searches share, nor a metric all their profiles measure "
+        "(val_loss, latency:cpu-1t:decode_ms, params, latency:cpu-1t:prefill_ms)")
     assert fig != figure(bad.text)  # drawn on the default axes instead
 
 

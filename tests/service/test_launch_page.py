@@ -119,7 +119,7 @@ def test_the_yamls_own_profiles_are_checked_beside_the_box(writer, spawn):
     assert r.status_code == 422
     assert field_error(r.text, "space_yaml") == (
         "profiles (line 6): space_yaml.profiles: 'e2e-1t' is not a shipped hardware profile "
-        "(known: cpu-1t, cpu-1t-int8, cpu-2t)")
+        "(known: cpu-1t, cpu-1t-batch8, cpu-1t-int8, cpu-1t-long, cpu-2t)")
 
 
 def test_profiles_that_miss_an_objective(writer, spawn):
@@ -136,7 +136,8 @@ def test_profiles_that_miss_an_objective(writer, spawn):
      "name='' must be 1-64 letters, digits, '.', '_' or '-' starting with a letter or digit"),
     ({"name": "x", "space": "tiny", "trials": "0"}, "trials", "trials=0 must be between 1 and 10000"),
     ({"name": "x", "space": "tiny", "profiles": ["tpu"]}, "profiles",
-     "profiles: 'tpu' is not a shipped hardware profile (known: cpu-1t, cpu-1t-int8, cpu-2t)"),
+     "profiles: 'tpu' is not a shipped hardware profile (known: cpu-1t, cpu-1t-batch8, cpu-1t-int8, "
+     "cpu-1t-long, cpu-2t)"),
     ({"name": "x", "space": "huge"}, "space",
      "space='huge' is not a shipped search space (known: slm, tiny)"),
 ])

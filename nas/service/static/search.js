@@ -88,11 +88,13 @@
   // ----- figures -----------------------------------------------------------------------
   function loadFigures(parts) {
     if (NAS.offline) {
-      var f = NAS.data.figures;
-      return Promise.resolve({version: f.version, pareto: f.pareto[state.axes.join("|")], pareto3d: f.pareto3d,
+      var f = NAS.data.figures, key = state.axes.join("|");
+      return Promise.resolve({version: f.version, pareto: f.pareto[key], pareto3d: f.pareto3d,
+                              missing: f.pareto[key] ? null : state.axes,
                               hypervolume: f.hypervolume, parallel: f.parallel,
                               front_size: f.front_size, knee_id: f.knee_id, knee_trial: f.knee_trial,
-                              warnings: f.warnings, rungs: f.rungs, tokens_spent: f.tokens_spent});
+                              warnings: f.warnings, rungs: f.rungs, tokens_spent: f.tokens_spent,
+                              retimes: f.retimes || []});
     }
     var q = new URLSearchParams({x: state.axes[0], y: state.axes[1]});
     parts.forEach(function (p) { q.append("part", p); });
@@ -109,7 +111,16 @@
     var fig = figs[paretoPart()];
     var el = $("pareto");
     if (!fig) {
-      el.innerHTML = '<p class="empty">A Pareto plot needs two objectives.</p>';
+      if (el.classList.contains("js-plotly-plot")) {  // a note where a plot was: start afresh
+        Plotly.purge(el);
+        el.classList.remove("js-plotly-plot");
+        state.clickBound = false;
+      }
+      el.innerHTML = figs.missing && !state.view3d
+        ? '<p class="empty">This report embeds the plot of ' + esc(figs.missing[0]) + " against " +
+          esc(figs.missing[1]) + " only with the objectives or against the first objective; " +
+          "<code>nas serve</code> draws any pair.</p>"
+        : '<p class="empty">A Pareto plot needs two objectives.</p>';
       return Promise.resolve();
     }
     if (state.view3d !== (el.dataset.view === "3d") && el.classList.contains("js-plotly-plot")) {
@@ -180,6 +191,34 @@
     $("tokens-spent").textContent = figs.tokens_spent === null || figs.tokens_spent === undefined ? "" :
       fmt(figs.tokens_spent) + " training tokens spent on every rung of every candidate.";
   }
+  // Re-timings of the front: who was timed together, who entered or left, what is unresolved.
+  function refs(list) {
+    if (!list || !list.length) return '<span class="muted">none</span>';
+    return list.map(function (c) {
+      var label = "trial " + (c.trial_number === null || c.trial_number === undefined ? "?" : c.trial_number);
+      return NAS.offline ? esc(label) : '<a href="' + esc(c.url) + '">' + esc(label) + "</a>";
+    }).join(", ");
+  }
+  function renderRetimes(list) {
+    var card = $("retimes-card");
+    if (!card || !list) return;
+    card.classList.toggle("hidden", !list.length);
+    $("retimes").tBodies[0].innerHTML = list.slice().reverse().map(function (r) {
+      var pairs = r.unresolved.map(function (u) {
+        return "trial " + u.a.trial_number + " / trial " + u.b.trial_number + " on " + u.metric; }).join("\n");
+      return '<tr data-number="' + r.number + '"><td class="num">' + r.number + "</td><td class=\"small\">" +
+        esc(when(r.created_at)) + '</td><td class="small" title="' + esc(r.machine ? r.machine.hash : "") + '">' +
+        esc(r.machine ? r.machine.summary : "not recorded") + '</td><td class="small">' + esc(r.profiles.join(", ")) +
+        '</td><td class="num" title="' + esc(r.members.map(function (c) { return "trial " + c.trial_number; }).join(", ")) +
+        '">' + r.members.length + '</td><td class="list entered">' + refs(r.entered) + '</td><td class="list left">' +
+        refs(r.left) + '</td><td class="num unresolved-count"' + (pairs ? ' title="' + esc(pairs) + '"' : "") + ">" +
+        r.n_unresolved + '</td><td class="num">' + r.rounds + '</td><td class="num">' + fmt(r.seconds) + "</td></tr>";
+    }).join("");
+    var last = list[list.length - 1];
+    $("retimes-note").textContent = last ? "The candidates table shows the values of re-timing " + last.number +
+      " with their 95% intervals; its " + last.n_unresolved + " unresolved pair" + (last.n_unresolved === 1 ? " is" : "s are") +
+      " marked ≈." : "";
+  }
   function showPruned(e) {
     if (!e.target.closest(".show-pruned")) return;
     $("state-filter").value = "pruned";
@@ -187,17 +226,18 @@
     renderTable();
   }
   function refreshFigures() {
-    return loadFigures([paretoPart(), "hypervolume", "parallel", "rungs"]).then(function (figs) {
+    return loadFigures([paretoPart(), "hypervolume", "parallel", "rungs", "retimes"]).then(function (figs) {
       state.dataVersion = figs.version;
       renderFront(figs);
       renderRungs(figs);
+      renderRetimes(figs.retimes);
       return Promise.all([drawPareto(figs), drawHypervolume(figs.hypervolume),
                           draw("parallel", figs.parallel)]);
     });
   }
   function changeAxes() {
     var x = $("ax-x").value, y = $("ax-y").value;
-    if (x === y) {  // keep two different objectives: swap instead
+    if (x === y) {  // keep two different metrics: swap instead
       var other = x === state.axes[0] ? state.axes[1] : state.axes[0];
       if (this === $("ax-x")) { $("ax-y").value = other; y = other; } else { $("ax-x").value = other; x = other; }
     }
@@ -223,7 +263,8 @@
       return '<span class="arch">' + esc(r.description) + "</span>"; }},
     {key: "params", label: "params", num: true}
   ].concat(objectives.filter(function (m) { return m !== "params"; }).map(function (m) {  // a column already
-    return {key: "m:" + m, label: m, num: true, get: function (r) { return r.metrics[m]; }};
+    return {key: "m:" + m, label: m, num: true, get: function (r) { return r.metrics[m]; },
+            html: function (r) { return metricCell(r, m); }};
   })).concat(state.search.fidelity ? [{key: "tokens", label: "tokens", num: true}] : []).concat([
     {key: "error", label: "error", html: function (r) {
       if (!r.error) return "";
@@ -231,6 +272,18 @@
       return '<span class="error" title="' + esc(r.error) + '">' + esc(short) + "</span>"; }}
   ]);
   function value(col, row) { return col.get ? col.get(row) : row[col.key]; }
+  // An objective's value; re-timed, with its 95% interval, and ≈ where its order against
+  // another front member is not resolved (the tooltip names the other members).
+  function metricCell(r, m) {
+    var out = esc(fmt(r.metrics[m])), ci = r.intervals && r.intervals[m];
+    if (ci) out += ' <span class="interval" title="95% interval">[' + esc(fmt(ci[0])) + ", " + esc(fmt(ci[1])) + "]</span>";
+    var others = (r.unresolved || []).filter(function (u) { return u.metric === m; });
+    if (others.length) {
+      out += ' <span class="unresolved" title="order not resolved against ' + esc(others.map(function (u) {
+        return "trial " + u.trial_number; }).join(", ")) + ' (95% intervals overlap)">≈</span>';
+    }
+    return out;
+  }
 
   function renderHead() {
     $("candidates").tHead.innerHTML = "<tr>" + columns.map(function (c) {
@@ -275,6 +328,8 @@
       ? "rows " + (start + 1) + "–" + (start + shown.length) + " of " + rows.length : "";
     $("prev").disabled = state.page === 0;
     $("next").disabled = state.page >= pages - 1;
+    $("table-note").classList.toggle("hidden", !state.rows.some(function (r) {
+      return (r.unresolved && r.unresolved.length) || (r.intervals && Object.keys(r.intervals).length); }));
   }
   function loadRows() {
     var rows = NAS.offline ? Promise.resolve(NAS.data.candidates) : getJSON(NAS.api.candidates);
