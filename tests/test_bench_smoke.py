@@ -38,11 +38,14 @@ SCRIPTS: dict[str, list[str]] = {
     "collect_fidelity": [],
     "bench_search_efficiency": [],
     "analyze_fidelity": [],
+    "bench_retime": [],
+    "bench_workloads": [],
     "bench_distill": [],
 }
 # Scripts that write results rows: each row must carry the commit and the package versions.
 WRITERS = {"bench_overhead", "bench_latency_accuracy", "bench_slm_findings", "collect_tabular", "bench_demo",
-           "collect_fidelity", "bench_search_efficiency", "bench_distill", "bench_parent"}
+           "collect_fidelity", "bench_search_efficiency", "bench_distill", "bench_parent", "bench_retime",
+           "bench_workloads"}
 NEEDS_TWO_CORES = {"bench_latency_accuracy"}  # it times on core 0 while training on core 1
 PARALLEL = 3
 TIMEOUT_S = 300

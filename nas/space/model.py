@@ -338,13 +338,13 @@ class SearchSpace:
         measured = {p.name: p for p in profiles}
         named = [(f"objectives.{o.metric}", o.metric, o.metric) for o in self.objectives]
         named += [("constraints", c.metric, c.text) for c in self.constraints]
-        for field, metric, text in named:
+        for key, metric, text in named:
             profile = measured.get(objectives.latency_profile(metric) or "")
             if profile is not None and metric not in profile.metric_names():
                 raise ConfigError(
-                    f"{field}={text!r} is not measured by hardware profile {profile.name!r} "
+                    f"{key}={text!r} is not measured by hardware profile {profile.name!r} "
                     f"(it measures: {', '.join(profile.metric_names())})",
-                    source=self.source, field=field, value=text)
+                    source=self.source, field=key, value=text)
 
     def contains(self, arch: Architecture) -> bool:
         try:
