@@ -63,8 +63,10 @@ def test_stopped_then_resumed_search_draws_new_architectures(tmp_path):
 def test_budget_larger_than_the_space_evaluates_each_architecture_once(tmp_path, monkeypatch):
     db = f"sqlite:///{tmp_path / 'nas.db'}"
     store = Store(db)
+    # No closing re-timing: repeats are checked against the values Optuna was told, which a
+    # re-timing would replace in the store (tests/test_retime.py covers that).
     request = SearchRequest(space=load_space(DATA / "three-archs.yaml"), name="t", profiles=PROFILES,
-                            trials=5, db_url=db, workers=1)
+                            trials=5, db_url=db, workers=1, retime=False)
     assert request.space_size == 3 and request.effective_trials == 3
     assert "holds only 3 distinct architecture(s)" in request.trials_note()
     outcome = SearchDriver(request, store).run()
