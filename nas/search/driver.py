@@ -36,8 +36,8 @@ from nas.evaluate import assemble, infeasible, pruned, shape_metrics
 from nas.parent import ParentRef, open_parent
 from nas.results import CandidateResult, RungLoss
 from nas.retime import retime_after_search
-from nas.search.executor import RayExecutor, ray_error
-from nas.search.front import refresh_front
+from nas.search.executor import RayExecutor, RayTasks, ray_error
+from nas.search.front import LiveFront
 from nas.search.heartbeat import heartbeat, stop_on_signals
 from nas.search.inflight import InFlight
 from nas.search.request import Progress, SearchOutcome, SearchRequest
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
     from nas.data import TokenData
     from nas.evaluate import TrainOutput
-    from nas.fronts import FrontAnalysis
     from nas.store import CandidateRecord, SearchRecord, Store
 
 log = logging.getLogger("nas.search")
@@ -68,16 +67,20 @@ class SearchDriver:
 
     def __init__(self, request: SearchRequest, store: Store, *,
                  on_progress: Callable[[Progress], None] | None = None,
-                 stop_event: threading.Event | None = None) -> None:
+                 stop_event: threading.Event | None = None,
+                 tasks: Callable[[Any], RayTasks] | None = None) -> None:
+        """``tasks``: the Ray remote functions' factory (`RayExecutor`'s ``tasks_factory``);
+        None: the real ones. Benchmarks and tests pass simulated ones."""
         self.request = request
         self.store = store
         self.space = request.space
         self.name = request.name
         self.on_progress = on_progress or (lambda _p: None)
         self.stop_event = stop_event or threading.Event()
-        self.executor = RayExecutor(request)
+        self.executor = RayExecutor(request, tasks_factory=tasks)
         self.ladder = RungLadder(self.space, request.fidelity)
         self.progress = Progress(total=request.effective_trials)
+        self.front = LiveFront(store, self.name, self.progress, request.effective_trials)
         self.inflight: dict[int, InFlight] = {}  # trial number -> entry
         self.by_hash: dict[str, InFlight] = {}  # arch hash -> the entry evaluating it
         self.finished: dict[str, Finished] = {}  # arch hash -> its first finished result
@@ -121,6 +124,7 @@ class SearchDriver:
                                         stop=self.stop_event)
             except KeyboardInterrupt:  # a second Ctrl-C: stop now
                 status = "stopped"
+                self.front.flush()
             except BaseException as err:
                 self._cancel_inflight()
                 self._mark_failed(err)
@@ -131,7 +135,7 @@ class SearchDriver:
 
     def _search(self, data: TokenData) -> str:
         """Ask, train, time and record until the budget is spent or a stop arrives; the status."""
-        self._refresh_front()  # a resumed search's front, and its reference point once known
+        self.front.load()  # a resumed search's front, and its reference point once known
         self.study.repair(self._stored())
         self._data_ref = self.executor.put(data)
         self._parent_ref = self.executor.put(self._parent) if self._parent is not None else None
@@ -142,14 +146,16 @@ class SearchDriver:
                 # An ask retried over a database outage can leave the first attempt's trial
                 # RUNNING in Optuna with nothing stored; fail it now rather than at a resume.
                 self.study.repair(self._stored())
+                self.front.flush()
                 return "finished" if self._budget_left() <= 0 else "stopped"
             self._collect()
             self._poll_stop_request()
             self._report()
+        self.front.flush()
         return "stopped"
 
     def _outcome(self, status: str, started: float) -> SearchOutcome:
-        front = self._refresh_front(with_proxy=True).front
+        front = self.front.load(with_proxy=True).front
         p = self.progress
         return SearchOutcome(self.name, status, p.done - p.failed - p.infeasible - p.pruned, p.failed,
                              list(front), p.hypervolume, time.monotonic() - started,
@@ -346,11 +352,11 @@ class SearchDriver:
     # ----- collecting results ----------------------------------------------------------------
     def _collect(self) -> None:
         """Handle whatever finished during one short wait."""
-        refs = [ref for entry in self.inflight.values() for ref in entry.pending]
-        for ref in self.executor.wait(refs):
-            entry = next((e for e in self.inflight.values() if ref in e.pending), None)
-            if entry is None:  # its trial already failed on another ref
-                continue
+        owner = {ref: entry for entry in self.inflight.values() for ref in entry.pending}
+        for ref in self.executor.wait(list(owner)):
+            entry = owner[ref]
+            if self.inflight.get(entry.number) is not entry or ref not in entry.pending:
+                continue  # its trial already failed on another ref
             if entry.shaping:
                 self._on_shaped(entry)
             elif entry.measure_refs:
@@ -434,7 +440,7 @@ class SearchDriver:
         self.store.record_rung(self.name, entry.number, rung, train.checkpoint)
         entry.rung += 1
         entry.checkpoint, entry.train_ref, entry.train = train.checkpoint, None, None
-        self.progress.tokens += rung.tokens - (self.ladder.tokens[rung.rung - 1] if rung.rung else 0)
+        self.front.set_tokens(entry.number, rung.tokens)
         self._start_training()
 
     def _timings(self, entry: InFlight) -> dict[str, float]:
@@ -471,35 +477,40 @@ class SearchDriver:
         if self._parent is not None:  # how it came from the parent, whatever its fate
             result = dataclasses.replace(result, derivation=self._parent.plan(result.architecture).to_dict())
         record = self.store.finish_candidate(self.name, entry.number, result)
-        first = self.finished.setdefault(record.arch_hash,
-                                         Finished(entry.number, result.state, dict(result.metrics)))
-        self._count_progress()
+        first = self.finished.get(record.arch_hash)
+        if first is None:
+            first = self.finished[record.arch_hash] = Finished(entry.number, result.state,
+                                                               dict(result.metrics))
+            self._count(first.state)
+        front_changed = self.front.add(record)
         told = entry.trial if entry.trial is not None else entry.number
         if result.state == "complete":
             self.study.tell_complete(told, result.metrics)
-            self._refresh_front(snapshot=True)
         elif result.state == "infeasible":
             self.study.tell_infeasible(told, result.metrics)
         elif result.state == "pruned":
             self.study.tell_pruned(told, result.metrics)
-            self._refresh_front()
         else:
             self.study.tell_failed(told)
         for follower in entry.followers:
             self.study.tell_like(follower, first)
         self.inflight.pop(entry.number, None)
         self.by_hash.pop(entry.arch.hash, None)
+        if self.front.snapshot_due(front_changed):
+            self.front.snapshot()
 
-    # ----- the front and progress --------------------------------------------------------------
-    def _refresh_front(self, *, snapshot: bool = False, with_proxy: bool = False) -> FrontAnalysis:
-        return refresh_front(self.store, self.name, self.progress, self.request.effective_trials,
-                             snapshot=snapshot, with_proxy=with_proxy)
-
+    # ----- progress ----------------------------------------------------------------------------
     def _count_progress(self) -> None:
-        self.progress.done = len(self.finished)
-        self.progress.failed = sum(1 for f in self.finished.values() if f.state == "failed")
-        self.progress.infeasible = sum(1 for f in self.finished.values() if f.state == "infeasible")
-        self.progress.pruned = sum(1 for f in self.finished.values() if f.state == "pruned")
+        """Count every finished result (once, when the stored ones are loaded)."""
+        self.progress.done = self.progress.failed = self.progress.infeasible = self.progress.pruned = 0
+        for finished in self.finished.values():
+            self._count(finished.state)
+
+    def _count(self, state: str) -> None:
+        """One more distinct architecture finished in ``state`` (kept incrementally: O(1))."""
+        self.progress.done += 1
+        if state in ("failed", "infeasible", "pruned"):
+            setattr(self.progress, state, getattr(self.progress, state) + 1)
 
     def _report(self) -> None:
         self.progress.running = len(self.inflight)

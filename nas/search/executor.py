@@ -15,9 +15,11 @@ On a cluster (``--ray-address``) the driver is still the only database client; w
 get the driver's copy of `nas` (runtime_env ``py_modules``) and no credentials. Training
 asks for ``--threads`` CPUs (and ``--gpus-per-trial`` GPUs). A profile with a
 ``ray_resource`` is timed only on nodes holding it, and its timing task also holds
-``intra_op_threads`` of that node's CPUs (at most what the smallest such node has): a
-device node started with ``--num-cpus 1`` then alternates training and timing instead of
-overlapping them, and one started with ``--num-cpus 0`` only ever times.
+``intra_op_threads`` of that node's CPUs (at most what the smallest such node has). Such a
+node exists to be timed (a phone-class board), so training and shape steps never go there:
+they carry a label selector on Ray's ``ray.io/node-id`` label that excludes every node
+holding a profile's ``ray_resource`` when the search starts (a device node that joins later
+is not excluded; start device nodes first).
 
 Ray is imported only by `RayExecutor.start`, so a search with nothing to do never pays for it.
 """
@@ -30,7 +32,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,14 +67,20 @@ class RayExecutor:
     decided once, in `start`, and read from here instead of being passed down.
     """
 
-    def __init__(self, request: SearchRequest) -> None:
+    def __init__(self, request: SearchRequest, *,
+                 tasks_factory: Callable[[Any], RayTasks] | None = None) -> None:
+        """``tasks_factory``: builds the remote functions from the ``ray`` module once Ray is
+        up (default `ray_tasks`, the real evaluation). The seam benchmarks and tests use to run
+        the real driver, Ray and store against simulated candidates (bench/fake_evaluator.py)."""
         self.request = request
+        self.tasks_factory = tasks_factory or ray_tasks
         self.local = not request.ray_address
         self.ray: Any = None  # the ray module, once started
         self.tasks: RayTasks | None = None
         self.train_slots = 1  # nas_train units of a Ray instance we started here
         self.cluster_has_measure = False
         self.device_cpus: dict[str, int] = {}  # profile -> CPUs its timing task holds on a device
+        self.timing_nodes: tuple[str, ...] = ()  # Ray node ids holding a profile's ray_resource
         self.max_node_cpus = 1
         self._started = False  # True: this process started (or joined) Ray, so it shuts it down
 
@@ -133,7 +141,7 @@ class RayExecutor:
             self._started = True
         self._check_cluster()
         self.cluster_has_measure = "nas_measure" in ray.cluster_resources()
-        self.tasks = ray_tasks(ray)
+        self.tasks = self.tasks_factory(ray)
 
     def _start_local(self) -> None:
         req = self.request
@@ -169,7 +177,8 @@ class RayExecutor:
     def _check_cluster(self) -> None:
         """Refuse tasks no node can run: Ray would otherwise queue them forever, silently."""
         req = self.request
-        nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
+        alive = [n for n in self.ray.nodes() if n.get("Alive")]
+        nodes = [n.get("Resources", {}) for n in alive]
         where = f"the Ray cluster at {req.ray_address!r}" if req.ray_address else "the local Ray instance"
         for resource in ("nas_measure", "nas_train") if self.local else ():
             if not any(r.get(resource, 0) >= 1 for r in nodes):
@@ -195,6 +204,17 @@ class RayExecutor:
             self.device_cpus[profile.name] = min(
                 profile.intra_op_threads, min(int(r.get("CPU", 0)) for r in devices))
         self.max_node_cpus = max((int(r.get("CPU", 0)) for r in nodes), default=1)
+        bound = {p.ray_resource for p in req.profiles if p.ray_resource}
+        self.timing_nodes = tuple(sorted(n["NodeID"] for n in alive
+                                         if any(n.get("Resources", {}).get(r, 0) >= 1 for r in bound)))
+        trainers = [n.get("Resources", {}) for n in alive if n["NodeID"] not in self.timing_nodes]
+        if not self.local and not any(r.get("CPU", 0) >= req.train_threads
+                                      and r.get("GPU", 0.0) >= req.gpus_per_trial for r in trainers):
+            raise SearchError(
+                f"no node of {where} can train (--threads {req.train_threads}"
+                f"{f', --gpus-per-trial {req.gpus_per_trial:g}' if req.gpus_per_trial else ''}) "
+                f"besides the {len(self.timing_nodes)} node(s) holding {', '.join(sorted(bound))}, "
+                "which only time: add a training node (`ray start --address HEAD:PORT`)")
         if req.gpus_per_trial > 0:
             most = max((r.get("GPU", 0.0) for r in nodes), default=0.0)
             if most < req.gpus_per_trial:
@@ -225,6 +245,8 @@ class RayExecutor:
             options.update(num_cpus=0, resources={"nas_train": 1.0})
         else:
             options.update(num_cpus=req.train_threads)
+            if self.timing_nodes:  # never on a node that is there to be timed
+                options["label_selector"] = {"ray.io/node-id": f"!in({','.join(self.timing_nodes)})"}
         return options
 
     def measure_options(self, profile: HardwareProfile) -> dict[str, Any]:
