@@ -1,6 +1,7 @@
 """The Optuna side of a search: open, ask, tell, repeats, repair, constraint values.
 
-The study lives in the search's own database (``nas:<name>``), so optuna-dashboard opens it.
+The study lives in the search's own database (``nas:<name>``), so optuna-dashboard opens it;
+the driver, its only writer, reads it from memory (`nas.search.mirror`).
 The driver writes the store first and tells Optuna second; `SearchStudy.repair` makes Optuna
 agree with the store after a crash between the two. Every storage call here is retried over
 a dropped database connection, as the store retries its own writes, and every tell is safe
@@ -27,6 +28,7 @@ from optuna.trial import Trial, TrialState
 
 from nas.architecture import Architecture, static_metrics
 from nas.errors import SearchError
+from nas.search.mirror import MirroredStorage
 from nas.space import SearchSpace, make_sampler, trial_seed
 
 if TYPE_CHECKING:
@@ -59,7 +61,7 @@ def study_name(search: str) -> str:
 class SearchStudy:
     """One search's Optuna study, with the space that turns metrics into values and constraints."""
 
-    def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, space: SearchSpace,
+    def __init__(self, study: optuna.Study, storage: MirroredStorage, space: SearchSpace,
                  store: Store) -> None:
         self.optuna_study = study
         self.storage = storage  # the one `study` uses: the driver created it, see `_reopen`
@@ -73,7 +75,7 @@ class SearchStudy:
         """Create the study, or load it to resume; ``next_number`` continues its trials."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        storage = store.optuna_storage()
+        storage = MirroredStorage(store.optuna_storage())
 
         def create() -> optuna.Study:
             study = optuna.create_study(study_name=study_name(search), storage=storage,
@@ -101,7 +103,9 @@ class SearchStudy:
         trial = self.optuna_study.ask()
         self.next_number = trial.number + 1
         try:
-            return trial, self.space.suggest(trial)
+            arch = self.space.suggest(trial)
+            self.storage.flush()  # the trial and its parameters reach the database together
+            return trial, arch
         except Exception:
             # Fail the half-asked trial if the database lets us; if not, `repair` does.
             with contextlib.suppress(Exception):

@@ -1,0 +1,97 @@
+"""The driver's Optuna storage: memory for reads, the database written through.
+
+Checked against the database itself: after asks, tells, a creation whose commit went through
+but whose acknowledgement was lost, and a retried tell of a trial the database already
+finished, the database and memory hold the same trials under the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.search.mirror import MirroredStorage
+
+
+def _open(url: str) -> tuple[optuna.Study, MirroredStorage]:
+    storage = MirroredStorage(optuna.storages.RDBStorage(url))
+    study = optuna.create_study(study_name="s", storage=storage, directions=["minimize", "minimize"],
+                                load_if_exists=True)
+    return study, storage
+
+
+def _ask(study: optuna.Study, storage: MirroredStorage) -> optuna.Trial:
+    trial = study.ask()
+    trial.suggest_int("n_layer", 1, 8)
+    trial.suggest_categorical("attention", ["softmax", "linear"])
+    storage.flush()
+    return trial
+
+
+def _same(storage: MirroredStorage, url: str) -> list[Any]:
+    stored = optuna.load_study(study_name="s", storage=url).get_trials(deepcopy=False)
+    memory = optuna.load_study(study_name="s", storage=storage).get_trials(deepcopy=False)
+    view = [(t.number, t.state, t.params, t.values, t.user_attrs) for t in stored]
+    assert view == [(t.number, t.state, t.params, t.values, t.user_attrs) for t in memory]
+    return view
+
+
+def test_writes_reach_the_database_and_a_reopen_reads_them_back(tmp_path):
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study, storage = _open(url)
+    trials = [_ask(study, storage) for _ in range(4)]
+    trials[0].set_user_attr("nas:repeat_of", 3)
+    study.tell(trials[0], [1.0, 2.0])
+    study.tell(trials[1], state=TrialState.PRUNED)
+    view = _same(storage, url)
+    assert [v[1] for v in view] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
+                                    TrialState.RUNNING]
+    again, storage2 = _open(url)  # a resumed driver: memory loaded from the database
+    assert [t.number for t in again.get_trials()] == [0, 1, 2, 3]
+    study_id = storage2.get_study_id_from_name("s")
+    trial = optuna.Trial(again, storage2.get_trial_id_from_study_id_trial_number(study_id, 2))
+    again.tell(trial, [0.5, 0.5])
+    assert _ask(again, storage2).number == 4
+    _same(storage2, url)
+
+
+def test_a_lost_acknowledgement_neither_duplicates_nor_skews_numbers(tmp_path, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study, storage = _open(url)
+    _ask(study, storage)
+    create = storage.backend.create_new_trial
+    calls = {"n": 0}
+
+    def committed_then_lost(*args: Any, **kwargs: Any) -> int:
+        result = create(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return result
+
+    monkeypatch.setattr(storage.backend, "create_new_trial", committed_then_lost)
+    with pytest.raises(OperationalError):
+        _ask(study, storage)  # trial 1 reached the database; its acknowledgement did not
+    retried = _ask(study, storage)  # the driver's retry
+    assert retried.number == 2
+    view = _same(storage, url)
+    assert [v[0] for v in view] == [0, 1, 2]  # trial 1 once, not twice
+
+
+def test_a_retried_tell_of_a_trial_the_database_finished_syncs_memory(tmp_path):
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study, storage = _open(url)
+    trial = _ask(study, storage)
+    # The first tell committed in the database, then the connection dropped before memory saw it.
+    backend = storage.backend
+    stored_id = backend.get_trial_id_from_study_id_trial_number(backend.get_study_id_from_name("s"), 0)
+    backend.set_trial_state_values(stored_id, TrialState.COMPLETE, [1.0, 1.0])
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # the driver's tell passes on it
+        study.tell(trial, [9.0, 9.0])  # refused by the database: memory copies what it holds
+    assert study.get_trials()[0].values == [1.0, 1.0]
+    _same(storage, url)
