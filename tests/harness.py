@@ -98,9 +98,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
 
 # ----- the nas CLI as a child process ---------------------------------------------------------
 def search_args(name: str, db: str, *, trials: int, profiles: Sequence[Path | str] = (PROFILE,),
-                space: Path | str = SPACE, extra: Sequence[str] = ()) -> list[str]:
+                space: Path | str = SPACE, extra: Sequence[str] = (), retime: bool = False) -> list[str]:
+    """``nas search`` as a child; without the closing re-timing unless asked (tests/test_retime.py
+    covers it; elsewhere it only makes the run longer)."""
     return [sys.executable, "-m", "nas", "search", str(space), "--name", name, "--trials", str(trials),
-            "--profiles", ",".join(str(p) for p in profiles), "--db", db, "--no-progress", *extra]
+            "--profiles", ",".join(str(p) for p in profiles), "--db", db, "--no-progress",
+            "--retime" if retime else "--no-retime", *extra]
 
 
 def start(argv: Sequence[str], env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen:
