@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.bench_scale import database
-from bench.common import format_machine, machine_info
+from bench.common import add_smoke_flag, format_machine, machine_info, start_smoke
 from bench.fake_evaluator import FakeEvaluator, StepTimes
 
 
@@ -34,8 +34,12 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=256)
     parser.add_argument("--sampler", default="random")
     parser.add_argument("--out", default=None, help="also write the raw profile here")
+    add_smoke_flag(parser)
     args = parser.parse_args()
-    print(format_machine(machine_info()))
+    if args.smoke:
+        start_smoke()
+        args.db, args.n, args.inflight = "sqlite", 40, 16
+    print(format_machine(machine_info(threads=1)), flush=True)
     space = load_space("tiny")
     space = parse_space({**space.to_dict(), "sampler": args.sampler}, "profile_driver", "tiny")
     fake = FakeEvaluator(StepTimes(train=(0.1, 1.0)), mode="actors", actors=4)

@@ -41,6 +41,8 @@ SCRIPTS: dict[str, list[str]] = {
     "bench_retime": [],
     "bench_workloads": [],
     "bench_distill": [],
+    "bench_scale": [],
+    "profile_driver": [],
 }
 # Scripts that write results rows: each row must carry the commit and the package versions.
 WRITERS = {"bench_overhead", "bench_latency_accuracy", "bench_slm_findings", "collect_tabular", "bench_demo",
@@ -86,7 +88,7 @@ def runs() -> Any:
 
 
 def test_every_script_is_smoke_tested() -> None:
-    scripts = {p.stem for p in BENCH.glob("*.py")} - {"__init__", "common"}
+    scripts = {p.stem for p in BENCH.glob("*.py")} - {"__init__", "common", "fake_evaluator"}
     assert scripts == set(SCRIPTS), "add new bench scripts (with a --smoke mode) to SCRIPTS"
 
 
