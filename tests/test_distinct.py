@@ -34,7 +34,7 @@ def test_stopped_then_resumed_search_draws_new_architectures(tmp_path):
     db = f"sqlite:///{tmp_path / 'nas.db'}"
     store = Store(db)
     request = SearchRequest(space=load_space(DATA / "e2e.yaml"), name="r", profiles=PROFILES,
-                            trials=4, db_url=db, workers=1)
+                            trials=4, db_url=db, workers=1, retime=False)
     stop = threading.Event()
 
     def stop_after_first(progress) -> None:

@@ -248,7 +248,7 @@ def test_optuna_storage_calls_wait_out_a_postgres_outage(postgres_url):
     from nas.space import load_space
 
     with pg_database(postgres_url) as db, Store(db) as store:
-        request = SearchRequest(
+        request = SearchRequest(retime=False,
             space=load_space(DATA / "e2e.yaml"),
             name="outage",
             profiles=load_profiles([DATA / "e2e-1t.yaml"]),

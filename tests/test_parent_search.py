@@ -94,7 +94,7 @@ def test_a_relative_parent_is_the_space_files(parent_dir: Path, tmp_path: Path) 
 def test_a_search_from_a_parent_derives_distils_and_stores_how(parent_dir: Path, tmp_path: Path) -> None:
     space = load_space(_space(tmp_path, str(parent_dir)))
     db = f"sqlite:///{tmp_path / 'nas.db'}"
-    request = SearchRequest(space=space, name="derived", profiles=PROFILES, trials=4, db_url=db)
+    request = SearchRequest(space=space, name="derived", profiles=PROFILES, trials=4, db_url=db, retime=False)
     outcome = SearchDriver(request, Store(db)).run()
     assert outcome.status == "finished" and outcome.n_complete >= 2
 
@@ -133,12 +133,12 @@ def test_a_resume_from_changed_parent_weights_is_refused(parent_dir: Path, tmp_p
     nas_parent(changed, model)
     db = f"sqlite:///{tmp_path / 'nas.db'}"
     space = load_space(_space(tmp_path, str(changed)))
-    first = SearchRequest(space=space, name="moved", profiles=PROFILES, trials=1, db_url=db)
+    first = SearchRequest(space=space, name="moved", profiles=PROFILES, trials=1, db_url=db, retime=False)
     SearchDriver(first, Store(db)).run()
     # Same path (so the same space hash), other weights: the candidates would not be comparable.
     nas_parent(changed, load(parent_dir))
     again = SearchRequest(space=load_space(_space(tmp_path, str(changed))), name="moved",
-                          profiles=PROFILES, trials=2, db_url=db)
+                          profiles=PROFILES, trials=2, db_url=db, retime=False)
     with pytest.raises(SearchError, match=r"was started from a parent with fingerprint .*other weights"):
         SearchDriver(again, Store(db)).run()
     assert len(Store(db).candidates("moved")) == 1  # nothing lost, nothing added

@@ -80,7 +80,8 @@ def test_a_search_with_rungs_prunes_promotes_and_continues(tmp_path):
     space = load_space(space_path)
     db = f"sqlite:///{tmp_path / 'nas.db'}"
     store = Store(db)
-    request = SearchRequest(space=space, name="r", profiles=PROFILES, trials=8, db_url=db, workers=2)
+    request = SearchRequest(space=space, name="r", profiles=PROFILES, trials=8, db_url=db, workers=2,
+                            retime=False)
     outcome = SearchDriver(request, store).run()
     assert outcome.status == "finished" and outcome.n_pruned >= 1 and outcome.n_complete >= 1
 
@@ -113,7 +114,7 @@ def test_no_fidelity_trains_the_whole_budget_and_a_resume_keeps_how_it_started(t
     db = f"sqlite:///{tmp_path / 'nas.db'}"
     store = Store(db)
     request = SearchRequest(space=space, name="full", profiles=PROFILES, trials=3, db_url=db,
-                            workers=2, no_fidelity=True)
+                            workers=2, no_fidelity=True, retime=False)
     outcome = SearchDriver(request, store).run()
     assert outcome.status == "finished" and outcome.n_complete == 3 and outcome.n_pruned == 0
     assert store.get_search("full").fidelity is None
@@ -121,7 +122,8 @@ def test_no_fidelity_trains_the_whole_budget_and_a_resume_keeps_how_it_started(t
         assert [(x.rung, x.tokens) for x in r.rungs] == [(0, 4096)] and r.has_weights
 
     before = [(r.trial_number, r.state, r.rungs) for r in store.candidates("full")]
-    extended = SearchRequest(space=space, name="full", profiles=PROFILES, trials=5, db_url=db, workers=2)
+    extended = SearchRequest(space=space, name="full", profiles=PROFILES, trials=5, db_url=db,
+                             workers=2, retime=False)
     with pytest.raises(SearchError, match="started without rungs .* add --no-fidelity"):
         SearchDriver(extended, store).run()
     assert [(r.trial_number, r.state, r.rungs) for r in store.candidates("full")] == before

@@ -54,7 +54,8 @@ def test_a_violator_is_timed_untrained_and_never_trained(tmp_path, monkeypatch):
     db = f"sqlite:///{tmp_path / 'nas.db'}"
     store = Store(db)
     tight = load_space(_space(tmp_path, "tight", TIGHT))
-    request = SearchRequest(space=tight, name="tight", profiles=PROFILES, trials=3, db_url=db, workers=1)
+    request = SearchRequest(space=tight, name="tight", profiles=PROFILES, trials=3, db_url=db,
+                            workers=1, retime=False)
     outcome = SearchDriver(request, store).run()
     assert outcome.status == "finished"
     assert (outcome.n_complete, outcome.n_failed, outcome.n_infeasible) == (0, 0, 3)
@@ -100,7 +101,7 @@ def test_a_violator_is_timed_untrained_and_never_trained(tmp_path, monkeypatch):
     # by the first search (same seed, so the same first draw) is taken from the cache.
     loose = load_space(_space(tmp_path, "loose", LOOSE))
     ok = SearchDriver(SearchRequest(space=loose, name="loose", profiles=PROFILES, trials=1, db_url=db,
-                                    workers=1), store).run()
+                                    workers=1, retime=False), store).run()
     assert ok.status == "finished"
     (done,) = store.candidates("loose")
     assert done.state == "complete", done.error
@@ -123,7 +124,7 @@ def test_a_repeat_draw_of_an_infeasible_architecture_is_told_pruned_with_its_con
     db = f"sqlite:///{tmp_path / 'nas.db'}"
     store = Store(db)
     request = SearchRequest(space=load_space(path), name="t", profiles=PROFILES, trials=5, db_url=db,
-                            workers=1)
+                            workers=1, retime=False)
     assert SearchDriver(request, store).run().status == "finished"
     records = {r.trial_number: r for r in store.candidates("t")}
     assert len(records) == 3 and {r.state for r in records.values()} == {"infeasible"}
