@@ -31,6 +31,7 @@ from nas.specs import ProxyBudget
 
 if TYPE_CHECKING:
     from nas.data import TokenData
+    from nas.gpu_share import GpuShare
     from nas.parent import ParentRef
 
 
@@ -119,7 +120,8 @@ def train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, *
                      threads: int | None = None, cores: Sequence[int] | None = None,
                      progress: Callable[[int, int, float], None] | None = None,
                      export: bool = True, stop_at: int | None = None,
-                     resume: bytes | None = None, parent: ParentRef | None = None) -> TrainOutput:
+                     resume: bytes | None = None, parent: ParentRef | None = None,
+                     gpu_share: GpuShare | None = None) -> TrainOutput:
     """Proxy-train ``arch`` and export both ONNX graphs (parity-checked). Never raises.
 
     ``cores``: pin every thread there for this call only. The previous affinity is restored
@@ -129,12 +131,24 @@ def train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, *
     stopped before the budget's end returns its checkpoint instead of weights.
     ``parent``: start from weights derived from the parent (`nas.derive`; the first rung only:
     later rungs resume their checkpoint) and distil from it at every rung.
+    ``gpu_share``: the fraction of a GPU this task holds (`nas.gpu_share`): a candidate whose
+    floor does not fit is refused before training, and the allocator is capped at the share.
     """
     from nas.affinity import pinned
 
     with pinned(cores):
-        return _train_and_export(arch, budget, data, seed=seed, threads=threads, progress=progress,
-                                 export=export, stop_at=stop_at, resume=resume, parent=parent)
+        if gpu_share is not None:
+            teacher_params = (parent.architecture.n_params
+                              if parent is not None and parent.teacher_cache is None else 0)
+            refusal = gpu_share.refusal(arch, budget, teacher_params=teacher_params)
+            if refusal is not None:
+                return TrainOutput(None, timings={"train": 0.0}, node=socket.gethostname(), error=refusal)
+            gpu_share.apply()
+        output = _train_and_export(arch, budget, data, seed=seed, threads=threads, progress=progress,
+                                   export=export, stop_at=stop_at, resume=resume, parent=parent)
+        if gpu_share is not None and output.error.startswith("out of memory"):
+            output = dataclasses.replace(output, error=f"{gpu_share.describe_oom()}: {output.error}")
+        return output
 
 
 def _train_and_export(arch: Architecture, budget: ProxyBudget, data: TokenData, *, seed: int,

@@ -372,12 +372,17 @@ def ray_tasks(ray: Any) -> RayTasks:
               resume: bytes | None = None, parent: Any = None) -> TrainOutput:
         from nas.affinity import plan_cores
         from nas.evaluate import train_and_export
+        from nas.gpu_share import current_share
 
         plan = plan_cores(measure_threads)
+        context = ray.get_runtime_context()
+        # A fraction of a GPU (--gpus-per-trial < 1) is checked and capped in the task itself.
+        share = current_share(context.get_assigned_resources().get("GPU", 0.0))
         # Training only: the shape step's graphs were timed (latency depends on shape, not weights).
         output = train_and_export(arch, budget, data, seed=seed, threads=threads, cores=plan.train_cores,
-                                  export=False, stop_at=stop_at, resume=resume, parent=parent)
-        return dataclasses.replace(output, node=ray.get_runtime_context().get_node_id())
+                                  export=False, stop_at=stop_at, resume=resume, parent=parent,
+                                  gpu_share=share)
+        return dataclasses.replace(output, node=context.get_node_id())
 
     @ray.remote
     def shape(arch: Architecture, seed: int, threads: int, measure_threads: int) -> ShapeOutput:
