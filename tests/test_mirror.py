@@ -13,11 +13,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nas.search.mirror import MirroredStorage
+from nas.search.mirror import MirroredStorage, WriterStorage
 
 
 def _open(url: str) -> tuple[optuna.Study, MirroredStorage]:
-    storage = MirroredStorage(optuna.storages.RDBStorage(url))
+    storage = MirroredStorage(WriterStorage(url))
     study = optuna.create_study(study_name="s", storage=storage, directions=["minimize", "minimize"],
                                 load_if_exists=True)
     return study, storage
@@ -95,3 +95,34 @@ def test_a_retried_tell_of_a_trial_the_database_finished_syncs_memory(tmp_path):
         study.tell(trial, [9.0, 9.0])  # refused by the database: memory copies what it holds
     assert study.get_trials()[0].values == [1.0, 1.0]
     _same(storage, url)
+
+
+def test_a_trial_and_all_its_parameters_reach_the_database_in_a_few_statements(tmp_path):
+    """`WriterStorage` adds a created trial's parameter rows together: the statements of one
+    creation do not grow with its parameters, and the database holds each parameter with its
+    distribution, as Optuna's own write would. A changed distribution is still refused."""
+    from sqlalchemy import event
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study, storage = _open(url)
+    statements: list[str] = []
+    event.listen(storage.backend.engine, "before_cursor_execute",
+                 lambda _c, _cur, sql, *_: statements.append(sql))
+
+    def ask_with(n_params: int) -> int:
+        trial = study.ask()
+        for i in range(n_params):
+            trial.suggest_int(f"p{i}", 0, 9)
+            trial.suggest_categorical(f"c{i}", ["a", "b"])
+        statements.clear()
+        storage.flush()
+        return len(statements)
+
+    assert ask_with(2) == ask_with(12)
+    assert ask_with(12) <= 8
+    stored = optuna.load_study(study_name="s", storage=url).get_trials(deepcopy=False)
+    memory = study.get_trials(deepcopy=False)
+    assert [(t.params, t.distributions) for t in stored] == [(t.params, t.distributions) for t in memory]
+    trial = study.ask()
+    with pytest.raises(ValueError, match="different distribution kind"):
+        trial.suggest_float("p0", 0.0, 9.0)  # p0 was an integer in every earlier trial

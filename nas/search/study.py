@@ -28,7 +28,7 @@ from optuna.trial import Trial, TrialState
 
 from nas.architecture import Architecture, static_metrics
 from nas.errors import SearchError
-from nas.search.mirror import MirroredStorage
+from nas.search.mirror import MirroredStorage, WriterStorage
 from nas.space import SearchSpace, make_sampler, trial_seed
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class SearchStudy:
         """Create the study, or load it to resume; ``next_number`` continues its trials."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        storage = MirroredStorage(store.optuna_storage())
+        storage = MirroredStorage(store.optuna_storage(WriterStorage))
 
         def create() -> optuna.Study:
             study = optuna.create_study(study_name=study_name(search), storage=storage,

@@ -38,11 +38,13 @@ from nas.store.rows import (
     load_candidates,
     machine_join,
     profile_latency,
+    search_id_of,
     search_record,
     search_row,
     search_summaries,
     snapshot_record,
-    trial_rows,
+    touch_search,
+    trial_row,
     write_rung,
 )
 from nas.store.rungs import RungStore
@@ -123,8 +125,10 @@ class Store(RungStore, RetimeStore):
         with Session(self._writer) as session, session.begin():
             yield session
 
-    def optuna_storage(self) -> optuna.storages.RDBStorage:
-        """Optuna's storage on the same database, so optuna-dashboard sees the study."""
+    def optuna_storage(self, kind: type[optuna.storages.RDBStorage] | None = None,
+                       ) -> optuna.storages.RDBStorage:
+        """Optuna's storage on the same database, so optuna-dashboard sees the study; ``kind``:
+        an `RDBStorage` subclass to make instead (the driver's `nas.search.mirror.WriterStorage`)."""
         import optuna
 
         if _engine.is_memory(self._url):
@@ -134,8 +138,8 @@ class Store(RungStore, RetimeStore):
         if _engine.is_sqlite(self._url):
             # WAL is a property of the file (set by our engine); the busy timeout is per connection.
             kwargs["connect_args"] = {"timeout": _engine.BUSY_TIMEOUT_S}
-        return optuna.storages.RDBStorage(self._url.render_as_string(hide_password=False),
-                                          engine_kwargs=kwargs)
+        return (kind or optuna.storages.RDBStorage)(self._url.render_as_string(hide_password=False),
+                                                    engine_kwargs=kwargs)
 
     # ----- searches ---------------------------------------------------------------------
     @retrying
@@ -284,10 +288,10 @@ class Store(RungStore, RetimeStore):
         """
         now = utcnow()
         with self._write() as session:
-            owner = search_row(session, search)
-            row = candidate_row(session, owner.id, trial_number)
+            owner_id = touch_search(session, search, now)
+            row = candidate_row(session, owner_id, trial_number)
             if row is None:
-                row = Candidate(search_id=owner.id, trial_number=trial_number, attempts=1)
+                row = Candidate(search_id=owner_id, trial_number=trial_number, attempts=1)
                 session.add(row)
             elif row.state == "complete":
                 raise StoreError(f"search {search!r} trial {trial_number} is already complete "
@@ -304,7 +308,6 @@ class Store(RungStore, RetimeStore):
             row.state, row.error, row.timings, row.proxy, row.node = "running", "", {}, None, ""
             row.derivation = None  # written with its result (`finish_candidate`)
             row.started_at, row.finished_at = now, None
-            owner.updated_at = now
             session.flush()
             return row.id
 
@@ -323,10 +326,10 @@ class Store(RungStore, RetimeStore):
         now = utcnow()
         arch = result.architecture
         with self._write() as session:
-            owner = search_row(session, search)
-            row = candidate_row(session, owner.id, trial_number)
+            owner_id = touch_search(session, search, now)
+            row = candidate_row(session, owner_id, trial_number)
             if row is None:
-                row = Candidate(search_id=owner.id, trial_number=trial_number, attempts=1,
+                row = Candidate(search_id=owner_id, trial_number=trial_number, attempts=1,
                                 started_at=now)
                 session.add(row)
             row.architecture, row.arch_hash = arch.to_dict(), arch.hash
@@ -335,7 +338,6 @@ class Store(RungStore, RetimeStore):
             row.proxy = None if result.proxy is None else to_jsonable(result.proxy)
             row.derivation = None if result.derivation is None else to_jsonable(result.derivation)
             row.finished_at = now
-            owner.updated_at = now
             session.flush()
             delete_results(session, row.id)
             if result.metrics:
@@ -361,13 +363,12 @@ class Store(RungStore, RetimeStore):
         during training then finds them in the latency cache. Repeating it changes nothing."""
         now = utcnow()
         with self._write() as session:
-            owner, row = trial_rows(session, search, trial_number)
+            row = trial_row(session, search, trial_number, touch=now)
             if row.state != "running":
                 raise StoreError(f"search {search!r} trial {trial_number} is {row.state}, not running")
             session.execute(delete(Latency).where(Latency.candidate_id == row.id)
                             .execution_options(synchronize_session=False))
             insert_latencies(session, row.id, row.arch_hash, latencies, now, measurement=0)
-            owner.updated_at = now
 
     @retrying
     def fail_candidate(self, search: str, trial_number: int, error: str,
@@ -377,12 +378,11 @@ class Store(RungStore, RetimeStore):
             raise ValueError(f"state={state!r} must be 'failed' or 'pruned'")
         now = utcnow()
         with self._write() as session:
-            owner, row = trial_rows(session, search, trial_number)
+            row = trial_row(session, search, trial_number, touch=now)
             if row.state == "complete":
                 raise StoreError(f"search {search!r} trial {trial_number} is complete "
                                  f"(candidate {row.id}); refusing to mark it {state}")
             row.state, row.error, row.finished_at = state, error, now
-            owner.updated_at = now
 
     @retrying
     def add_pareto_snapshot(self, search: str, n_complete: int, hypervolume: float | None,
@@ -390,7 +390,7 @@ class Store(RungStore, RetimeStore):
         """Record the front after ``n_complete`` candidates (replacing one with the same count)."""
         now = utcnow()
         with self._write() as session:
-            search_id = search_row(session, search).id
+            search_id = search_id_of(session, search)
             row = session.scalar(select(ParetoSnapshot).where(
                 ParetoSnapshot.search_id == search_id, ParetoSnapshot.n_complete == n_complete))
             if row is None:
@@ -412,7 +412,7 @@ class Store(RungStore, RetimeStore):
         lists, tables and fronts show neither (a candidate's page reads it by id).
         """
         with self._read() as session:
-            where = [Candidate.search_id == search_row(session, search).id]
+            where = [Candidate.search_id == search_id_of(session, search)]
             if states is not None:
                 wanted = list(states)
                 unknown = set(wanted) - set(CANDIDATE_STATES)
@@ -432,7 +432,7 @@ class Store(RungStore, RetimeStore):
     @retrying
     def candidate_by_trial(self, search: str, trial_number: int) -> CandidateRecord:
         with self._read() as session:
-            search_id = search_row(session, search).id
+            search_id = search_id_of(session, search)
             found = load_candidates(session, Candidate.search_id == search_id,
                                      Candidate.trial_number == trial_number)
         if not found:
@@ -461,7 +461,7 @@ class Store(RungStore, RetimeStore):
     def running_trials(self, search: str) -> list[int]:
         """Trial numbers still marked running: after a crash, the ones to re-run."""
         with self._read() as session:
-            search_id = search_row(session, search).id
+            search_id = search_id_of(session, search)
             return list(session.scalars(
                 select(Candidate.trial_number).where(Candidate.search_id == search_id,
                                                      Candidate.state == "running")
@@ -470,7 +470,7 @@ class Store(RungStore, RetimeStore):
     @retrying
     def pareto_snapshots(self, search: str) -> list[SnapshotRecord]:
         with self._read() as session:
-            search_id = search_row(session, search).id
+            search_id = search_id_of(session, search)
             # Core rows, not ORM entities: a long search has one snapshot per finished trial.
             rows = session.connection().execute(
                 select(ParetoSnapshot.n_complete, ParetoSnapshot.hypervolume, ParetoSnapshot.front,

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, func, insert, literal, select
+from sqlalchemy import ColumnElement, Select, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from nas.architecture import Architecture
@@ -68,13 +68,28 @@ def candidate_row(session: Session, search_id: int, trial_number: int) -> Candid
                                                   Candidate.trial_number == trial_number))
 
 
-def trial_rows(session: Session, search: str, trial_number: int) -> tuple[Search, Candidate]:
-    """The search and its started trial, for a write that needs both; NotFoundError otherwise."""
-    owner = search_row(session, search)
-    row = candidate_row(session, owner.id, trial_number)
+def search_id_of(session: Session, name: str) -> int:
+    """The id of search ``name`` (its other columns are not read); NotFoundError otherwise."""
+    found = session.scalar(select(Search.id).where(Search.name == name))
+    return search_row(session, name).id if found is None else int(found)
+
+
+def touch_search(session: Session, name: str, now: Any) -> int:
+    """Mark search ``name`` updated at ``now`` and return its id: what every candidate write
+    needs of its search, in one statement; NotFoundError when there is no such search."""
+    found = session.scalar(update(Search).where(Search.name == name).values(updated_at=now)
+                           .returning(Search.id).execution_options(synchronize_session=False))
+    return search_row(session, name).id if found is None else int(found)
+
+
+def trial_row(session: Session, search: str, trial_number: int, *, touch: Any = None) -> Candidate:
+    """A search's started trial; ``touch``: also mark the search updated then (a write).
+    NotFoundError when there is no such search or trial."""
+    owner = search_id_of(session, search) if touch is None else touch_search(session, search, touch)
+    row = candidate_row(session, owner, trial_number)
     if row is None:
         raise NotFoundError(f"search {search!r} has no trial {trial_number}")
-    return owner, row
+    return row
 
 
 def delete_results(session: Session, candidate_id: int, *, keep_latencies: bool = False) -> None:

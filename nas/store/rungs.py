@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from nas.errors import StoreError
 from nas.results import RungLoss
 from nas.store.engine import retrying
-from nas.store.rows import delete_training, rung_loss, search_row, trial_rows, write_rung
+from nas.store.rows import delete_training, rung_loss, search_id_of, trial_row, write_rung
 from nas.store.tables import Candidate, Checkpoint, Rung, utcnow
 
 
@@ -39,20 +39,19 @@ class RungStore:
         rung continues from, replacing the previous rung's. Repeating it changes nothing."""
         now = utcnow()
         with self._write() as session:
-            owner, row = trial_rows(session, search, trial_number)
+            row = trial_row(session, search, trial_number, touch=now)
             if row.state != "running":
                 raise StoreError(f"search {search!r} trial {trial_number} is {row.state}, not running")
             write_rung(session, row.id, rung, now)
             delete_training(session, row.id, keep_rungs=True)
             session.add(Checkpoint(candidate_id=row.id, rung=rung.rung, size=len(checkpoint),
                                    data=checkpoint, created_at=now))
-            owner.updated_at = now
 
     @retrying
     def checkpoint(self, search: str, trial_number: int) -> tuple[int, bytes] | None:
         """(the rung it ended, its bytes) of a running trial's checkpoint, if one is stored."""
         with self._read() as session:
-            _, row = trial_rows(session, search, trial_number)
+            row = trial_row(session, search, trial_number)
             found = session.execute(select(Checkpoint.rung, Checkpoint.data)
                                     .where(Checkpoint.candidate_id == row.id)).one_or_none()
         return None if found is None else (int(found.rung), bytes(found.data))
@@ -62,7 +61,7 @@ class RungStore:
         """Every (trial number, rung loss) of a search in the order they arrived: what each
         promotion decision was made against."""
         with self._read() as session:
-            search_id = search_row(session, search).id
+            search_id = search_id_of(session, search)
             rows = session.execute(
                 select(Candidate.trial_number, Rung.rung, Rung.tokens, Rung.val_loss, Rung.seconds)
                 .join(Candidate, Candidate.id == Rung.candidate_id)
@@ -76,5 +75,5 @@ class RungStore:
             query: Any = select(func.coalesce(func.sum(Checkpoint.size), 0))
             if search is not None:
                 query = query.join(Candidate, Candidate.id == Checkpoint.candidate_id).where(
-                    Candidate.search_id == search_row(session, search).id)
+                    Candidate.search_id == search_id_of(session, search))
             return int(session.scalar(query) or 0)
