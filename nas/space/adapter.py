@@ -93,21 +93,31 @@ def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers
     ``nsga2``: NSGA-II. ``gp``: Gaussian-process Bayesian optimisation (LogEHVI for several
     objectives, constraint-aware). ``random``: uniform. None is given a ``constraints_func``: in Optuna 5
     every sampler reads the constraints the driver recorded on each trial.
+    ``history: N`` (tpe, gp): condition on the N latest finished trials only (`nas.space.history`).
     """
+    options = dict(space.sampler.options)
+    history = options.pop("history", None)
+    sampler = _make(space.sampler.name, options, space.seed if seed is None else seed)
+    if history is None:
+        return sampler
+    from nas.space.history import RecentHistorySampler
+
+    return RecentHistorySampler(sampler, history)
+
+
+def _make(name: str, options: dict[str, Any], seed: int) -> optuna.samplers.BaseSampler:
     import optuna
 
-    options = dict(space.sampler.options)
-    seed = space.seed if seed is None else seed
     with warnings.catch_warnings():
         # `group` is marked experimental; it is what makes conditional spaces work well.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if space.sampler.name == "tpe":
+        if name == "tpe":
             options.setdefault("constant_liar", True)
             return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed,
                                               **options)
-        if space.sampler.name == "nsga2":
+        if name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, **options)
-        if space.sampler.name == "gp":
+        if name == "gp":
             # A categorical the GP cannot model falls back to random sampling; that is expected.
             return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False, **options)
     return optuna.samplers.RandomSampler(seed=seed)

@@ -56,13 +56,15 @@ def _is_num(v: Any) -> bool:
 _SAMPLER_OPTIONS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "tpe": {"n_startup_trials": lambda v: _is_int(v) and v >= 0,
             "n_ei_candidates": lambda v: _is_int(v) and v >= 1,
-            "constant_liar": lambda v: isinstance(v, bool)},
+            "constant_liar": lambda v: isinstance(v, bool),
+            "history": lambda v: _is_int(v) and v >= 1},
     "nsga2": {"population_size": lambda v: _is_int(v) and v >= 2,
               "mutation_prob": lambda v: v is None or (_is_num(v) and 0 <= v <= 1),
               "crossover_prob": lambda v: _is_num(v) and 0 <= v <= 1,
               "swapping_prob": lambda v: _is_num(v) and 0 <= v <= 1},
     "gp": {"n_startup_trials": lambda v: _is_int(v) and v >= 0,
-           "deterministic_objective": lambda v: isinstance(v, bool)},
+           "deterministic_objective": lambda v: isinstance(v, bool),
+           "history": lambda v: _is_int(v) and v >= 1},
     "random": {},
 }
 
