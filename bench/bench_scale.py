@@ -229,8 +229,9 @@ def run_one(kind: str, inflight: int, n: int, args: argparse.Namespace, k: int, 
     from nas.store import Store
 
     space = load_space("tiny")
-    if args.sampler != space.sampler.name:  # e.g. random: the driver's costs without TPE's
-        space = parse_space({**space.to_dict(), "sampler": args.sampler}, "bench_scale", "tiny")
+    if args.sampler != space.sampler.name or args.history:  # random: the driver's costs without TPE's
+        sampler = {"name": args.sampler, **({"history": args.history} if args.history else {})}
+        space = parse_space({**space.to_dict(), "sampler": sampler}, "bench_scale", "tiny")
     low, high = (float(x) for x in args.train_s.split(","))
     fake = FakeEvaluator(StepTimes(train=(low, high)), mode="actors", actors=args.actors)
     with database(kind, k, tmp) as url:
@@ -268,7 +269,8 @@ def summary_row(run: Run) -> list[Any]:
 
 def report(runs: list[Run], machine: str, args: argparse.Namespace) -> str:
     lines = ["## The driver at scale", "",
-             f"`python -m bench.bench_scale` (the real driver, Optuna ({args.sampler} sampler), store "
+             f"`python -m bench.bench_scale` (the real driver, Optuna ({args.sampler} sampler"
+             f"{f', history {args.history}' if args.history else ''}), store "
              "and local Ray; "
              f"`bench.fake_evaluator` sleeps instead of training and timing: training "
              f"{args.train_s.replace(',', '-')} s per rung, "
@@ -300,6 +302,8 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=4, help="processes running the sleeps")
     parser.add_argument("--reps", type=int, default=3, help="requests per route at the end (0: none)")
     parser.add_argument("--sampler", default="tpe", help="the space's sampler (tpe, random, nsga2)")
+    parser.add_argument("--history", type=int, default=0,
+                        help="sampler history: condition on the N latest finished trials (0: all)")
     parser.add_argument("--no-fidelity", action="store_true", help="one rung: the whole budget")
     parser.add_argument("--quick", action="store_true", help="1,000 candidates, 64 in flight, SQLite")
     parser.add_argument("--write", action="store_true", help="write bench/results/scale/")
