@@ -476,13 +476,15 @@ class SearchDriver:
         """The single store write of a finished trial; then Optuna hears it, and its repeats."""
         if self._parent is not None:  # how it came from the parent, whatever its fate
             result = dataclasses.replace(result, derivation=self._parent.plan(result.architecture).to_dict())
-        record = self.store.finish_candidate(self.name, entry.number, result)
-        first = self.finished.get(record.arch_hash)
+        complete = result.state == "complete"  # only a complete record can change the front
+        record = self.store.finish_candidate(self.name, entry.number, result, read_back=complete)
+        arch_hash = result.architecture.hash
+        first = self.finished.get(arch_hash)
         if first is None:
-            first = self.finished[record.arch_hash] = Finished(entry.number, result.state,
-                                                               dict(result.metrics))
+            first = self.finished[arch_hash] = Finished(entry.number, result.state, dict(result.metrics))
             self._count(first.state)
-        front_changed = self.front.add(record)
+        front_changed = (self.front.add(record) if record is not None
+                         else self.front.ended(entry.number, result))
         told = entry.trial if entry.trial is not None else entry.number
         if result.state == "complete":
             self.study.tell_complete(told, result.metrics)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from nas.fronts import FrontAnalysis, analyze, first_of_each_architecture
 
 if TYPE_CHECKING:
+    from nas.results import CandidateResult
     from nas.search.request import Progress
     from nas.store import CandidateRecord, SearchRecord, Store
 
@@ -75,6 +76,16 @@ class LiveFront:
         """A rung of ``trial`` was stored: its tokens are now ``tokens``."""
         self.progress.tokens += tokens - self._tokens.get(trial, 0)
         self._tokens[trial] = tokens
+
+    def ended(self, trial: int, result: CandidateResult) -> bool:
+        """``trial`` was stored without completing (its record not read back): count the tokens
+        its record holds, as `CandidateRecord.tokens` reads them: its last rung's (the one it
+        ended at, else the last one stored), else its proxy run's. It leaves the front as it is."""
+        if result.rung is not None:
+            self.set_tokens(trial, result.rung.tokens)
+        elif not self._tokens.get(trial):  # no rung stored
+            self.set_tokens(trial, result.proxy.tokens if result.proxy is not None else 0)
+        return False
 
     def add(self, record: CandidateRecord) -> bool:
         """A finished candidate was stored; True when it changed the front."""

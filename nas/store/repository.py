@@ -312,14 +312,17 @@ class Store(RungStore, RetimeStore):
             return row.id
 
     @retrying
-    def finish_candidate(self, search: str, trial_number: int,
-                         result: CandidateResult) -> CandidateRecord:
+    def finish_candidate(self, search: str, trial_number: int, result: CandidateResult, *,
+                         read_back: bool = True) -> CandidateRecord | None:
         """Write everything a trial produced in one transaction; repeating it changes nothing.
 
         The candidate row is created if `start_candidate` was skipped (e.g. a candidate
         pruned before training). Metrics, latencies and weights replace what was stored;
         ``result.rung`` (the rung it ended at) is written with them and its checkpoint dropped;
         ``result.derivation`` (how it came from the search's parent) replaces the stored one.
+        Returns the stored record, read back in the same transaction; None with
+        ``read_back=False`` (five queries fewer: the driver needs the record of a complete
+        candidate only).
         """
         if result.state not in FINISHED_STATES:
             raise ValueError(f"state={result.state!r} must be one of {', '.join(FINISHED_STATES)}")
@@ -328,6 +331,10 @@ class Store(RungStore, RetimeStore):
         with self._write() as session:
             owner_id = touch_search(session, search, now)
             row = candidate_row(session, owner_id, trial_number)
+            # What there is to replace: nothing in a new row; in a running one only its shape
+            # step's latencies (`start_candidate` cleared the rest); a finished one (this call
+            # repeated) holds all of it.
+            held = () if row is None else (Latency,) if row.state == "running" else (Metric, Latency, Weights)
             if row is None:
                 row = Candidate(search_id=owner_id, trial_number=trial_number, attempts=1,
                                 started_at=now)
@@ -339,7 +346,7 @@ class Store(RungStore, RetimeStore):
             row.derivation = None if result.derivation is None else to_jsonable(result.derivation)
             row.finished_at = now
             session.flush()
-            delete_results(session, row.id)
+            delete_results(session, row.id, tables=held)
             if result.metrics:
                 session.execute(insert(Metric), [
                     {"candidate_id": row.id, "name": name, "value": float(value)}
@@ -350,11 +357,12 @@ class Store(RungStore, RetimeStore):
                 session.execute(insert(Weights), [{
                     "candidate_id": row.id, "format": "safetensors", "size": len(result.weights),
                     "data": result.weights, "created_at": now}])
-            delete_training(session, row.id, keep_rungs=True)
+            if held:
+                delete_training(session, row.id, keep_rungs=True)
             if result.rung is not None:
                 write_rung(session, row.id, result.rung, now)
                 session.flush()
-            return load_candidates(session, Candidate.id == row.id)[0]
+            return load_candidates(session, Candidate.id == row.id)[0] if read_back else None
 
     @retrying
     def record_shape(self, search: str, trial_number: int,

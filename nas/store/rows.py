@@ -92,9 +92,13 @@ def trial_row(session: Session, search: str, trial_number: int, *, touch: Any = 
     return row
 
 
-def delete_results(session: Session, candidate_id: int, *, keep_latencies: bool = False) -> None:
-    """A trial's result rows; its rungs and checkpoint are `delete_training`'s."""
-    for table in (Metric, Weights) if keep_latencies else (Metric, Latency, Weights):
+def delete_results(session: Session, candidate_id: int, *, keep_latencies: bool = False,
+                   tables: Sequence[type] | None = None) -> None:
+    """A trial's result rows (or those of ``tables`` only); its rungs and checkpoint are
+    `delete_training`'s."""
+    if tables is None:
+        tables = (Metric, Weights) if keep_latencies else (Metric, Latency, Weights)
+    for table in tables:
         session.execute(delete(table).where(table.candidate_id == candidate_id)
                         .execution_options(synchronize_session=False))
 
