@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("space", ("nas.space",)),
     ("workers", ("nas.data", "nas.model", "nas.proxy", "nas.onnx_export", "nas.latency",
                  "nas.evaluate", "nas.checkpoint", "nas.derive", "nas.distill", "nas.parent",
-                 "nas.machine", "nas.workloads", "nas.memory")),
+                 "nas.machine", "nas.workloads", "nas.memory", "nas.gpu_share")),
     ("store", ("nas.store",)),
     ("fronts", ("nas.fronts", "nas.plots")),
     ("search", ("nas.search", "nas.retime")),
