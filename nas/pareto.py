@@ -221,12 +221,16 @@ def pareto_front(values: Any, directions: DirectionsLike, feasible: Any = None,
     return [int(i) for i in idx[_first_front_mask(loss[idx])]]
 
 
-def count_dominating(values: Any, point: Sequence[float], directions: DirectionsLike) -> int:
-    """How many rows of ``values`` dominate ``point`` (each one is in a better front): one
-    vectorised pass, O(n), where a full `non_dominated_sort` is O(n log n) or worse."""
+def dominance_of(values: Any, point: Sequence[float], directions: DirectionsLike,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of ``values`` that dominate ``point``, rows ``point`` dominates), as boolean masks:
+    one vectorised pass, O(n), where a full `non_dominated_sort` is O(n log n) or worse. Every
+    row dominating the point is in a better front; every row it dominates is in a worse one."""
     loss = _loss(values, directions)
     mine = _loss([point], directions)[0]
-    return int(np.sum(np.all(loss <= mine, axis=1) & np.any(loss < mine, axis=1)))
+    above = np.all(loss <= mine, axis=1) & np.any(loss < mine, axis=1)
+    below = np.all(loss >= mine, axis=1) & np.any(loss > mine, axis=1)
+    return above, below
 
 
 def crowding_distance(values: Any, directions: DirectionsLike) -> np.ndarray:

@@ -141,3 +141,14 @@ def test_a_checkpoint_cannot_be_continued_backwards_or_beyond_the_budget(stdlib)
         buffer = io.BytesIO()
         torch.save({"step": 1}, buffer)
         train(arch, budget, stdlib, seed=0, threads=1, resume=buffer.getvalue())
+
+
+@pytest.mark.parametrize("objectives", [2, 3])
+def test_promotion_matches_the_reference_on_a_larger_rung(objectives):
+    """Enough arrivals that the dominator shortcut and the pruned sort both take effect."""
+    rng = np.random.default_rng(7 + objectives)
+    points = _synthetic_arrivals(rng, 80, objectives, ties=True)
+    for eta in (2, 4):
+        for k in range(len(points)):
+            got = promotes(points[k], points[:k], eta, ["min"] * objectives)
+            assert got == _reference_promotes(points[k], points[:k], eta), (eta, k)

@@ -12,7 +12,7 @@ from nas.errors import ConfigError
 from nas.objectives import Objective
 from nas.pareto import (
     ParetoSummary,
-    count_dominating,
+    dominance_of,
     hypervolume,
     knee_point,
     non_dominated_sort,
@@ -330,13 +330,18 @@ def test_objective_parsing():
 
 
 @pytest.mark.parametrize("directions", [["min", "min"], ["min", "max", "min"]])
-def test_count_dominating_matches_a_brute_force_count(directions):
+def test_dominance_of_matches_a_brute_force_check(directions):
     rng = np.random.default_rng(len(directions))
     values = np.round(rng.uniform(0, 3, (60, len(directions))) * 2) / 2  # ties and equal points
     values[3, 0] = np.nan  # NaN ranks last, as in the sort
     signs = [1 if d == "min" else -1 for d in directions]
     loss = np.where(np.isnan(values), np.inf, values * signs)
+
+    def dominates(a, b):
+        return all(a <= b) and any(a < b)
+
     for k in range(len(values)):
         others = np.delete(loss, k, axis=0)
-        brute = sum(1 for row in others if all(row <= loss[k]) and any(row < loss[k]))
-        assert count_dominating(np.delete(values, k, axis=0), values[k], directions) == brute
+        above, below = dominance_of(np.delete(values, k, axis=0), values[k], directions)
+        assert above.tolist() == [dominates(row, loss[k]) for row in others]
+        assert below.tolist() == [dominates(loss[k], row) for row in others]

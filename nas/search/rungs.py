@@ -32,7 +32,8 @@ class RungLadder:
         self.steps = rung_steps(fidelity, space.budget)
         per_step = space.budget.batch_size * space.budget.seq_len
         self.tokens = tuple(s * per_step for s in self.steps)
-        self._arrived: dict[int, list[tuple[int, list[float]]]] = defaultdict(list)
+        # rung -> trial -> objective values, in arrival order (a re-run arrives anew, last)
+        self._arrived: dict[int, dict[int, list[float]]] = defaultdict(dict)
 
     def is_last(self, rung: int) -> bool:
         return rung >= len(self.steps) - 1
@@ -51,7 +52,9 @@ class RungLadder:
         for trial, rung in arrivals:
             metrics = shape_metrics.get(trial)
             if metrics is not None and not self.is_last(rung.rung):
-                self._arrived[rung.rung].append((trial, self.values(metrics, rung.val_loss)))
+                arrived = self._arrived[rung.rung]
+                arrived.pop(trial, None)
+                arrived[trial] = self.values(metrics, rung.val_loss)
 
     def arrived(self, rung: int) -> int:
         return len(self._arrived[rung])
@@ -59,11 +62,12 @@ class RungLadder:
     def decide(self, trial: int, rung: RungLoss, shape_metrics: Mapping[str, float]) -> Decision:
         """Whether ``trial``, arriving at a rung before the last, goes on; recorded as arrived."""
         assert self.fidelity is not None and not self.is_last(rung.rung)
-        earlier = [values for other, values in self._arrived[rung.rung] if other != trial]
+        arrived = self._arrived[rung.rung]
+        arrived.pop(trial, None)  # a re-run is decided against the others, then arrives anew
+        earlier = list(arrived.values())
         mine = self.values(shape_metrics, rung.val_loss)
         promoted = promotes(mine, earlier, self.fidelity.eta, self.space.directions())
-        self._arrived[rung.rung] = [(t, v) for t, v in self._arrived[rung.rung] if t != trial]
-        self._arrived[rung.rung].append((trial, mine))
+        arrived[trial] = mine
         n = len(earlier) + 1
         reason = "" if promoted else (
             f"pruned at rung {rung.rung + 1} of {len(self.steps)} ({rung.tokens:,} tokens, "
