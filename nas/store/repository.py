@@ -29,6 +29,7 @@ from nas.store.records import (
 )
 from nas.store.retimes import RetimeStore
 from nas.store.rows import (
+    RESULT_TABLES,
     candidate_row,
     check_same_search,
     delete_results,
@@ -301,7 +302,7 @@ class Store(RungStore, RetimeStore):
                 # A crash re-run keeps its shape step's latencies (they depend on shape only)
                 # and the rungs it finished, whose checkpoint it continues from.
                 keep = row.state == "running" and row.arch_hash == architecture.hash
-                delete_results(session, row.id, keep_latencies=keep)
+                delete_results(session, row.id, tables=(Metric, Weights) if keep else RESULT_TABLES)
                 if not keep:
                     delete_training(session, row.id)
             row.architecture, row.arch_hash = architecture.to_dict(), architecture.hash
@@ -334,7 +335,7 @@ class Store(RungStore, RetimeStore):
             # What there is to replace: nothing in a new row; in a running one only its shape
             # step's latencies (`start_candidate` cleared the rest); a finished one (this call
             # repeated) holds all of it.
-            held = () if row is None else (Latency,) if row.state == "running" else (Metric, Latency, Weights)
+            held = () if row is None else (Latency,) if row.state == "running" else RESULT_TABLES
             if row is None:
                 row = Candidate(search_id=owner_id, trial_number=trial_number, attempts=1,
                                 started_at=now)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, delete, func, insert, literal, select, update
@@ -74,7 +75,7 @@ def search_id_of(session: Session, name: str) -> int:
     return search_row(session, name).id if found is None else int(found)
 
 
-def touch_search(session: Session, name: str, now: Any) -> int:
+def touch_search(session: Session, name: str, now: datetime) -> int:
     """Mark search ``name`` updated at ``now`` and return its id: what every candidate write
     needs of its search, in one statement; NotFoundError when there is no such search."""
     found = session.scalar(update(Search).where(Search.name == name).values(updated_at=now)
@@ -82,7 +83,8 @@ def touch_search(session: Session, name: str, now: Any) -> int:
     return search_row(session, name).id if found is None else int(found)
 
 
-def trial_row(session: Session, search: str, trial_number: int, *, touch: Any = None) -> Candidate:
+def trial_row(session: Session, search: str, trial_number: int, *,
+              touch: datetime | None = None) -> Candidate:
     """A search's started trial; ``touch``: also mark the search updated then (a write).
     NotFoundError when there is no such search or trial."""
     owner = search_id_of(session, search) if touch is None else touch_search(session, search, touch)
@@ -92,12 +94,13 @@ def trial_row(session: Session, search: str, trial_number: int, *, touch: Any = 
     return row
 
 
-def delete_results(session: Session, candidate_id: int, *, keep_latencies: bool = False,
-                   tables: Sequence[type] | None = None) -> None:
-    """A trial's result rows (or those of ``tables`` only); its rungs and checkpoint are
-    `delete_training`'s."""
-    if tables is None:
-        tables = (Metric, Weights) if keep_latencies else (Metric, Latency, Weights)
+RESULT_TABLES = (Metric, Latency, Weights)  # what a finished trial holds besides rungs
+
+
+def delete_results(session: Session, candidate_id: int, *,
+                   tables: Sequence[type] = RESULT_TABLES) -> None:
+    """A trial's result rows (of ``tables``, some of `RESULT_TABLES`); its rungs and checkpoint
+    are `delete_training`'s."""
     for table in tables:
         session.execute(delete(table).where(table.candidate_id == candidate_id)
                         .execution_options(synchronize_session=False))
