@@ -11,6 +11,10 @@ of writes makes crashes harmless:
    a feasible one has its latencies written (`Store.record_shape`) and then trains;
 3. the finished result is written in ONE store transaction, *then* told to Optuna.
 
+Writes go through a `WriteBatch`: what one burst of results (one wait) or one round of asks
+produces is committed together, and what follows a write (Optuna hearing of it, the next
+rung's training) runs only after that commit, so the order above holds per write.
+
 On resume, a ``running`` candidate is re-run under the same trial number from its shape step
 (its latencies come from the cache, so nothing is timed twice), an Optuna trial
 that never reached the store is failed, and a stored result that Optuna never heard of is
@@ -43,6 +47,7 @@ from nas.search.inflight import InFlight
 from nas.search.request import Progress, SearchOutcome, SearchRequest
 from nas.search.rungs import RungLadder
 from nas.search.study import Finished, SearchStudy, study_name
+from nas.store.batch import WriteBatch
 
 if TYPE_CHECKING:
     from optuna.trial import Trial
@@ -73,6 +78,7 @@ class SearchDriver:
         None: the real ones. Benchmarks and tests pass simulated ones."""
         self.request = request
         self.store = store
+        self.writes = WriteBatch(store)  # committed after each round of asks and each wait
         self.space = request.space
         self.name = request.name
         self.on_progress = on_progress or (lambda _p: None)
@@ -124,6 +130,7 @@ class SearchDriver:
                                         stop=self.stop_event)
             except KeyboardInterrupt:  # a second Ctrl-C: stop now
                 status = "stopped"
+                self.writes.commit()  # the results already in hand
                 self.front.flush()
             except BaseException as err:
                 self._cancel_inflight()
@@ -273,6 +280,12 @@ class SearchDriver:
                     f"{MAX_STATIC_REJECTIONS} candidates in a row broke the shape-only "
                     f"constraints {list(self.space.constraint_texts())}; relax them or "
                     "narrow the space")
+        self._commit()
+
+    def _commit(self) -> None:
+        """Commit the batched writes; then train whatever their follow-ups made ready."""
+        self.writes.commit()
+        self._start_training()
 
     def _ask_and_submit(self) -> bool:
         """Ask Optuna for one candidate; False when it broke a shape-only constraint."""
@@ -284,7 +297,7 @@ class SearchDriver:
             self._repeat(trial, arch)
             return True
         self._repeats_in_a_row = 0
-        self.store.start_candidate(self.name, trial.number, arch)
+        self.writes.start_candidate(self.name, trial.number, arch)
         self._submit(trial.number, arch, trial)
         return True
 
@@ -297,8 +310,9 @@ class SearchDriver:
         self.study.mark_repeat(trial, original)
         if leader is not None:
             leader.followers.append(trial)  # told when the leader's result is written
-        else:
-            self.study.tell_like(trial, self.finished[arch.hash])
+        else:  # once its original's result is committed (it may be in this batch)
+            first = self.finished[arch.hash]
+            self.writes.after(lambda: self.study.tell_like(trial, first))
         self._repeats_in_a_row += 1
         if self._repeats_in_a_row >= REPEATS_BEFORE_RANDOM:
             self._repeats_in_a_row = 0
@@ -363,6 +377,7 @@ class SearchDriver:
                 self._on_measured(entry, ref)
             else:
                 self._on_trained(entry)
+        self._commit()
 
     def _get(self, entry: InFlight, ref: Any, step: str) -> Any:
         """A task's result, or None after failing ``entry`` with the reason its worker died."""
@@ -409,9 +424,12 @@ class SearchDriver:
             self._finish(entry, infeasible(entry.arch, entry.shape, latencies, entry.measure_seconds,
                                            violations))
             return
-        self.store.record_shape(self.name, entry.number, latencies)  # a crash now retimes nothing
+        # Trains once committed: a crash after that retimes nothing.
+        self.writes.record_shape(self.name, entry.number, latencies, then=lambda _: self._ready(entry))
+
+    @staticmethod
+    def _ready(entry: InFlight) -> None:
         entry.ready_to_train = True
-        self._start_training()
 
     def _on_trained(self, entry: InFlight) -> None:
         """A rung's training arrived: the candidate completes (last rung), goes on to the next
@@ -437,11 +455,15 @@ class SearchDriver:
             self._finish(entry, pruned(entry.arch, train, latencies, self._timings(entry), rung,
                                        decision.reason))
             return
-        self.store.record_rung(self.name, entry.number, rung, train.checkpoint)
         entry.rung += 1
         entry.checkpoint, entry.train_ref, entry.train = train.checkpoint, None, None
-        self.front.set_tokens(entry.number, rung.tokens)
-        self._start_training()
+        entry.ready_to_train = False  # until its rung is committed: a crash then loses no rung
+
+        def stored(_: None) -> None:
+            self.front.set_tokens(entry.number, rung.tokens)
+            entry.ready_to_train = True
+
+        self.writes.record_rung(self.name, entry.number, rung, train.checkpoint, then=stored)
 
     def _timings(self, entry: InFlight) -> dict[str, float]:
         timings = {**(entry.shape.timings if entry.shape is not None else {}),
@@ -473,16 +495,24 @@ class SearchDriver:
         self._finish(entry, result)
 
     def _finish(self, entry: InFlight, result: CandidateResult) -> None:
-        """The single store write of a finished trial; then Optuna hears it, and its repeats."""
+        """The single store write of a finished trial; once committed, Optuna hears it, and its
+        repeats. It leaves the trials in flight now (nothing more of it is awaited)."""
         if self._parent is not None:  # how it came from the parent, whatever its fate
             result = dataclasses.replace(result, derivation=self._parent.plan(result.architecture).to_dict())
-        complete = result.state == "complete"  # only a complete record can change the front
-        record = self.store.finish_candidate(self.name, entry.number, result, read_back=complete)
         arch_hash = result.architecture.hash
         first = self.finished.get(arch_hash)
         if first is None:
             first = self.finished[arch_hash] = Finished(entry.number, result.state, dict(result.metrics))
             self._count(first.state)
+        self.inflight.pop(entry.number, None)
+        self.by_hash.pop(entry.arch.hash, None)
+        complete = result.state == "complete"  # only a complete record can change the front
+        self.writes.finish_candidate(self.name, entry.number, result, read_back=complete,
+                                     then=lambda record: self._finished(entry, result, record, first))
+
+    def _finished(self, entry: InFlight, result: CandidateResult, record: CandidateRecord | None,
+                  first: Finished) -> None:
+        """After ``entry``'s result is committed: the front, Optuna, its repeats, a snapshot."""
         front_changed = (self.front.add(record) if record is not None
                          else self.front.ended(entry.number, result))
         told = entry.trial if entry.trial is not None else entry.number
@@ -496,8 +526,6 @@ class SearchDriver:
             self.study.tell_failed(told)
         for follower in entry.followers:
             self.study.tell_like(follower, first)
-        self.inflight.pop(entry.number, None)
-        self.by_hash.pop(entry.arch.hash, None)
         if self.front.snapshot_due(front_changed):
             self.front.snapshot()
 

@@ -7,11 +7,11 @@ idempotent, so `retrying` may re-run it after a lost connection without duplicat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from nas.architecture import Architecture
 from nas.errors import NotFoundError, StoreError
 from nas.results import CandidateResult, ProfileLatency, to_jsonable
 from nas.store import engine as _engine
-from nas.store import migrate
+from nas.store import migrate, writes
 from nas.store.engine import retrying
 from nas.store.records import (
     CandidateRecord,
@@ -29,12 +29,7 @@ from nas.store.records import (
 )
 from nas.store.retimes import RetimeStore
 from nas.store.rows import (
-    RESULT_TABLES,
-    candidate_row,
     check_same_search,
-    delete_results,
-    delete_training,
-    insert_latencies,
     latency_columns,
     load_candidates,
     machine_join,
@@ -44,9 +39,7 @@ from nas.store.rows import (
     search_row,
     search_summaries,
     snapshot_record,
-    touch_search,
     trial_row,
-    write_rung,
 )
 from nas.store.rungs import RungStore
 from nas.store.tables import (
@@ -68,7 +61,9 @@ from nas.store.tables import (
 if TYPE_CHECKING:
     import optuna
 
-FINISHED_STATES = ("complete", "failed", "pruned", "infeasible")
+
+
+T = TypeVar("T")
 
 
 class Store(RungStore, RetimeStore):
@@ -287,30 +282,8 @@ class Store(RungStore, RetimeStore):
         A complete trial is never reset (StoreError): its result is reused, not recomputed. A
         retry of this call after a lost commit acknowledgement counts one attempt too many.
         """
-        now = utcnow()
         with self._write() as session:
-            owner_id = touch_search(session, search, now)
-            row = candidate_row(session, owner_id, trial_number)
-            if row is None:
-                row = Candidate(search_id=owner_id, trial_number=trial_number, attempts=1)
-                session.add(row)
-            elif row.state == "complete":
-                raise StoreError(f"search {search!r} trial {trial_number} is already complete "
-                                 f"(candidate {row.id}); refusing to run it again")
-            else:
-                row.attempts += 1
-                # A crash re-run keeps its shape step's latencies (they depend on shape only)
-                # and the rungs it finished, whose checkpoint it continues from.
-                keep = row.state == "running" and row.arch_hash == architecture.hash
-                delete_results(session, row.id, tables=(Metric, Weights) if keep else RESULT_TABLES)
-                if not keep:
-                    delete_training(session, row.id)
-            row.architecture, row.arch_hash = architecture.to_dict(), architecture.hash
-            row.state, row.error, row.timings, row.proxy, row.node = "running", "", {}, None, ""
-            row.derivation = None  # written with its result (`finish_candidate`)
-            row.started_at, row.finished_at = now, None
-            session.flush()
-            return row.id
+            return writes.start_candidate(session, search, trial_number, architecture)
 
     @retrying
     def finish_candidate(self, search: str, trial_number: int, result: CandidateResult, *,
@@ -325,59 +298,25 @@ class Store(RungStore, RetimeStore):
         ``read_back=False`` (five queries fewer: the driver needs the record of a complete
         candidate only).
         """
-        if result.state not in FINISHED_STATES:
-            raise ValueError(f"state={result.state!r} must be one of {', '.join(FINISHED_STATES)}")
-        now = utcnow()
-        arch = result.architecture
+        writes.check_finished_state(result)
         with self._write() as session:
-            owner_id = touch_search(session, search, now)
-            row = candidate_row(session, owner_id, trial_number)
-            # What there is to replace: nothing in a new row; in a running one only its shape
-            # step's latencies (`start_candidate` cleared the rest); a finished one (this call
-            # repeated) holds all of it.
-            held = () if row is None else (Latency,) if row.state == "running" else RESULT_TABLES
-            if row is None:
-                row = Candidate(search_id=owner_id, trial_number=trial_number, attempts=1,
-                                started_at=now)
-                session.add(row)
-            row.architecture, row.arch_hash = arch.to_dict(), arch.hash
-            row.state, row.error, row.node = result.state, result.error, result.node
-            row.timings = {k: float(v) for k, v in result.timings.items()}
-            row.proxy = None if result.proxy is None else to_jsonable(result.proxy)
-            row.derivation = None if result.derivation is None else to_jsonable(result.derivation)
-            row.finished_at = now
-            session.flush()
-            delete_results(session, row.id, tables=held)
-            if result.metrics:
-                session.execute(insert(Metric), [
-                    {"candidate_id": row.id, "name": name, "value": float(value)}
-                    for name, value in result.metrics.items()])
-            # The search's own measurement (0), whatever a reused cached one was numbered.
-            insert_latencies(session, row.id, arch.hash, result.latencies, now, measurement=0)
-            if result.weights is not None:
-                session.execute(insert(Weights), [{
-                    "candidate_id": row.id, "format": "safetensors", "size": len(result.weights),
-                    "data": result.weights, "created_at": now}])
-            if held:
-                delete_training(session, row.id, keep_rungs=True)
-            if result.rung is not None:
-                write_rung(session, row.id, result.rung, now)
-                session.flush()
-            return load_candidates(session, Candidate.id == row.id)[0] if read_back else None
+            return writes.finish_candidate(session, search, trial_number, result, read_back=read_back)
+
+    @retrying
+    def write_together(self, writes_: Sequence[Callable[[Session], T]]) -> list[T]:
+        """Run ``writes_`` (`nas.store.writes` functions given their arguments) in one
+        transaction, in order, and return their answers: one commit, and the search touched
+        once, for a burst of results (`nas.store.batch.WriteBatch`)."""
+        with self._write() as session:
+            return [write(session) for write in writes_]
 
     @retrying
     def record_shape(self, search: str, trial_number: int,
                      latencies: Sequence[ProfileLatency]) -> None:
         """Store the latencies of a running trial's shape step, before it trains: a crash
         during training then finds them in the latency cache. Repeating it changes nothing."""
-        now = utcnow()
         with self._write() as session:
-            row = trial_row(session, search, trial_number, touch=now)
-            if row.state != "running":
-                raise StoreError(f"search {search!r} trial {trial_number} is {row.state}, not running")
-            session.execute(delete(Latency).where(Latency.candidate_id == row.id)
-                            .execution_options(synchronize_session=False))
-            insert_latencies(session, row.id, row.arch_hash, latencies, now, measurement=0)
+            writes.record_shape(session, search, trial_number, latencies)
 
     @retrying
     def fail_candidate(self, search: str, trial_number: int, error: str,

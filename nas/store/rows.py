@@ -77,10 +77,16 @@ def search_id_of(session: Session, name: str) -> int:
 
 def touch_search(session: Session, name: str, now: datetime) -> int:
     """Mark search ``name`` updated at ``now`` and return its id: what every candidate write
-    needs of its search, in one statement; NotFoundError when there is no such search."""
-    found = session.scalar(update(Search).where(Search.name == name).values(updated_at=now)
-                           .returning(Search.id).execution_options(synchronize_session=False))
-    return search_row(session, name).id if found is None else int(found)
+    needs of its search, in one statement; NotFoundError when there is no such search.
+
+    Once per transaction: the writes of a batch (`nas.store.batch`) share one commit, so the
+    first one's touch marks the time they all become visible (to within the batch)."""
+    touched = session.info.setdefault("touched_searches", {})
+    if name not in touched:
+        found = session.scalar(update(Search).where(Search.name == name).values(updated_at=now)
+                               .returning(Search.id).execution_options(synchronize_session=False))
+        touched[name] = search_row(session, name).id if found is None else int(found)
+    return touched[name]
 
 
 def trial_row(session: Session, search: str, trial_number: int, *,

@@ -14,11 +14,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from nas.errors import StoreError
 from nas.results import RungLoss
+from nas.store import writes
 from nas.store.engine import retrying
-from nas.store.rows import delete_training, rung_loss, search_id_of, trial_row, write_rung
-from nas.store.tables import Candidate, Checkpoint, Rung, utcnow
+from nas.store.rows import rung_loss, search_id_of, trial_row
+from nas.store.tables import Candidate, Checkpoint, Rung
 
 
 class RungStore:
@@ -37,15 +37,8 @@ class RungStore:
     def record_rung(self, search: str, trial_number: int, rung: RungLoss, checkpoint: bytes) -> None:
         """A running trial finished ``rung`` and goes on: its loss and the checkpoint the next
         rung continues from, replacing the previous rung's. Repeating it changes nothing."""
-        now = utcnow()
         with self._write() as session:
-            row = trial_row(session, search, trial_number, touch=now)
-            if row.state != "running":
-                raise StoreError(f"search {search!r} trial {trial_number} is {row.state}, not running")
-            write_rung(session, row.id, rung, now)
-            delete_training(session, row.id, keep_rungs=True)
-            session.add(Checkpoint(candidate_id=row.id, rung=rung.rung, size=len(checkpoint),
-                                   data=checkpoint, created_at=now))
+            writes.record_rung(session, search, trial_number, rung, checkpoint)
 
     @retrying
     def checkpoint(self, search: str, trial_number: int) -> tuple[int, bytes] | None:
