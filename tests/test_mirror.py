@@ -126,3 +126,56 @@ def test_a_trial_and_all_its_parameters_reach_the_database_in_a_few_statements(t
     trial = study.ask()
     with pytest.raises(ValueError, match="different distribution kind"):
         trial.suggest_float("p0", 0.0, 9.0)  # p0 was an integer in every earlier trial
+
+
+def test_a_tells_constraints_go_in_its_own_transaction(tmp_path):
+    """Constraint values set before a tell (one transaction each in Optuna) are held and
+    written with the state: one commit a tell, and the database reads them back as memory
+    does. A rolled-back tell keeps them for its retry; other attributes are written at once."""
+    from sqlalchemy import event
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study, storage = _open(url)
+    trial = _ask(study, storage)
+    commits: list[int] = []
+    event.listen(storage.backend.engine, "commit", lambda _conn: commits.append(1))
+    trial.set_user_attr("nas:repeat_of", 7)
+    assert len(commits) == 1  # not a constraint: written now
+    for key, value in (("latency", -1.5), ("params", 0.25)):
+        trial.set_constraint(key, value)
+    assert len(commits) == 1 and trial.constraints == {"latency": -1.5, "params": 0.25}
+    study.tell(trial, state=TrialState.PRUNED)
+    assert len(commits) == 2
+    stored = optuna.load_study(study_name="s", storage=url).get_trials(deepcopy=False)[0]
+    assert stored.state == TrialState.PRUNED and stored.user_attrs == {"nas:repeat_of": 7}
+    assert {k: v for k, v in stored.system_attrs.items() if k.startswith("constraints:")} == \
+        {"constraints:latency": -1.5, "constraints:params": 0.25}
+    _same(storage, url)
+
+
+def test_a_failed_tell_keeps_its_constraints_for_the_retry(tmp_path, monkeypatch):
+    from optuna.storages import RDBStorage
+    from sqlalchemy.exc import OperationalError
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study, storage = _open(url)
+    trial = _ask(study, storage)
+    trial.set_constraint("latency", 2.0)
+    original = RDBStorage.set_trial_state_values
+    calls: list[int] = []
+
+    def drops_once(self: Any, *args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            self.scoped_session().rollback()
+            raise OperationalError("UPDATE", {}, Exception("connection reset"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RDBStorage, "set_trial_state_values", drops_once)
+    with pytest.raises(OperationalError):
+        study.tell(trial, [1.0, 1.0])
+    stored = optuna.load_study(study_name="s", storage=url).get_trials(deepcopy=False)[0]
+    assert stored.state == TrialState.RUNNING and "constraints:latency" not in stored.system_attrs
+    study.tell(trial, [1.0, 1.0])  # the driver's retry
+    stored = optuna.load_study(study_name="s", storage=url).get_trials(deepcopy=False)[0]
+    assert stored.state == TrialState.COMPLETE and stored.system_attrs["constraints:latency"] == 2.0

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from typing import Any
 
 from optuna.distributions import BaseDistribution, distribution_to_json
@@ -35,6 +35,10 @@ from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy  # noqa: PLC2701  (BaseStorage's own return type)
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import insert
+
+# Optuna keeps a trial's constraint values as system attributes "constraints:<name>"
+# (`optuna.study._constrained_optimization`, whose name for it is private).
+CONSTRAINT_KEY = "constraints:"
 
 
 class WriterStorage(RDBStorage):
@@ -48,7 +52,9 @@ class WriterStorage(RDBStorage):
     in-memory storage already made that distribution check against the same trials when
     the sampler set each parameter, and the trial was created in this very transaction, so
     here creation only collects the parameter rows and inserts them in one statement.
-    Everything else is Optuna's own code.
+    A tell also writes the trial's constraint values (one transaction per constraint in
+    Optuna's `Trial.set_constraint`); `MirroredStorage` holds them back and they go in with
+    the state and values, in the tell's own transaction. Everything else is Optuna's own code.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -65,6 +71,23 @@ class WriterStorage(RDBStorage):
             return trial
         finally:
             self._creating.params = None
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None,
+                               system_attrs: Mapping[str, Any] | None = None) -> bool:
+        """Optuna's state-and-values write, with ``system_attrs`` upserted in its transaction:
+        they are executed, uncommitted, on the thread's scoped session, which Optuna's write
+        then takes up and commits (or rolls back, with them)."""
+        if system_attrs:
+            session = self.scoped_session()
+            try:
+                for key, value in system_attrs.items():
+                    self._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel,
+                                                        trial_id, key, value)
+            except BaseException:
+                session.rollback()
+                session.close()
+                raise
+        return super().set_trial_state_values(trial_id, state, values)
 
     def _set_trial_param_without_commit(self, session: Any, trial_id: int, param_name: str,
                                         param_value_internal: float, distribution: BaseDistribution,
@@ -91,6 +114,7 @@ class MirroredStorage(BaseStorage):
         self._numbers: dict[int, list[int]] = {}  # memory study id -> memory trial ids by number
         self._pending: dict[int, list[int]] = {}  # memory study id -> trials not yet in the database
         self._unsure: set[int] = set()  # memory study ids whose last trial creation raised
+        self._held: dict[int, dict[str, Any]] = {}  # memory trial id -> constraints not yet written
 
     # ----- studies -------------------------------------------------------------------------
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
@@ -223,8 +247,17 @@ class MirroredStorage(BaseStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
         with self._writing(trial_id) as backend_id:
-            if not self.backend.set_trial_state_values(backend_id, state, values):
+            held = self._held.get(trial_id)
+            if held and isinstance(self.backend, WriterStorage):
+                written = self.backend.set_trial_state_values(backend_id, state, values, system_attrs=held)
+            else:
+                for key, value in (held or {}).items():
+                    self.backend.set_trial_system_attr(backend_id, key, value)
+                self._held.pop(trial_id, None)
+                written = self.backend.set_trial_state_values(backend_id, state, values)
+            if not written:
                 return False  # the database's answer stands (a waiting trial already taken)
+            self._held.pop(trial_id, None)
             return self.memory.set_trial_state_values(trial_id, state, values)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
@@ -238,6 +271,13 @@ class MirroredStorage(BaseStorage):
             self.memory.set_trial_user_attr(trial_id, key, value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        """A constraint value of a running trial is held until its tell, which writes it (the
+        constraints are set just before it: `nas.search.study`); any other attribute now."""
+        with self._lock:
+            if key.startswith(CONSTRAINT_KEY) and not self.memory.get_trial(trial_id).state.is_finished():
+                self.memory.set_trial_system_attr(trial_id, key, value)
+                self._held.setdefault(trial_id, {})[key] = value
+                return
         with self._writing(trial_id) as backend_id:
             self.backend.set_trial_system_attr(backend_id, key, value)
             self.memory.set_trial_system_attr(trial_id, key, value)
@@ -259,6 +299,7 @@ class MirroredStorage(BaseStorage):
                 raise
 
     def _sync_finished(self, trial_id: int) -> None:
+        self._held.pop(trial_id, None)  # the database's finished trial has what it has
         if self.memory.get_trial(trial_id).state.is_finished():
             return
         trial = self.backend.get_trial(self._trial_ids[trial_id])
