@@ -17,6 +17,7 @@ from nas.terminal import (
     empty_front_message,
     front_table,
     make_console,
+    retimes_table,
     rungs_table,
     trials_table,
 )
@@ -110,19 +111,29 @@ def _front(store, name: str):
     return analysis.search, analysis.metrics, list(analysis.front), analysis.knee_id
 
 
-def _print_front(store, name: str, every_trial: bool = False, states: list[str] | None = None) -> None:
-    """The front by trial number (knee marked), or with ``every_trial`` every trial and its
-    state (only those in ``states`` if given); an empty front says why on stderr. A search
-    with successive halving adds its rungs: how many candidates reached each and stopped there."""
+def print_search(store, name: str, every_trial: bool = False, states: list[str] | None = None,
+                 retimes_listed: bool = True) -> None:
+    """The front (or every trial, or those in ``states``) with the intervals and unresolved
+    pairs of the latest re-timing, the rungs of a search with successive halving, and (with
+    ``retimes_listed``) the re-timings; an empty front says why on stderr. `nas show` and the
+    end of `nas search` both print a search with it."""
     from nas.fronts import load_front
+    from nas.service.measurements import intervals, unresolved_by_candidate
 
     analysis = load_front(store, name)  # shared with `nas serve` and `nas report`
-    if states:
-        console.print(trials_table(console, analysis, states=states))
+    retimes = store.retimes(name)
+    trial_of = {r.id: r.trial_number for r in analysis.candidates}
+    cis = {r.id: intervals(r.latencies) for r in analysis.candidates if r.latencies}
+    unresolved = unresolved_by_candidate(retimes[-1] if retimes else None, trial_of)
+    if states or every_trial:
+        console.print(trials_table(console, analysis, states=states, intervals=cis, unresolved=unresolved))
     else:
-        console.print(trials_table(console, analysis) if every_trial else front_table(console, analysis))
+        console.print(front_table(console, analysis, intervals=cis, unresolved=unresolved,
+                                  retime_number=retimes[-1].number if retimes else None))
     if analysis.search.fidelity:
         console.print(rungs_table(console, analysis))
+    if retimes and retimes_listed:
+        console.print(retimes_table(console, retimes, trial_of))
     if not analysis.front and not states:
         err_console.print(empty_front_message(analysis), markup=False, highlight=False)
 

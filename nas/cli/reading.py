@@ -11,18 +11,14 @@ import typer
 from rich.markup import escape
 
 from nas.cli import common
-from nas.cli.common import DbOption, _print_trial, _read_store, _split, app, db_url
+from nas.cli.common import DbOption, _print_trial, _read_store, _split, app, db_url, print_search
 from nas.errors import ConfigError, NasError
 from nas.terminal import (
     ExportProgress,
     empty_front_message,
-    front_table,
     latency_tables,
-    retimes_table,
-    rungs_table,
     searches_table,
     summary_json,
-    trials_table,
 )
 
 
@@ -84,33 +80,7 @@ def show(
         _print_latencies(store, record)
         return
     _print_parent(store.get_search(name).parent)
-    _print_search(store, name, every_trial=show_all, states=[s.value for s in state or []])
-
-
-def _print_search(store, name: str, every_trial: bool, states: list[str]) -> None:
-    """The front (or every trial, or those in ``states``) with the intervals and unresolved
-    pairs of the latest re-timing, the rungs of a search with successive halving, and the
-    re-timings; an empty front says why on stderr."""
-    from nas.fronts import load_front
-    from nas.service.measurements import intervals, unresolved_by_candidate
-
-    analysis = load_front(store, name)  # shared with `nas serve` and `nas report`
-    retimes = store.retimes(name)
-    trial_of = {r.id: r.trial_number for r in analysis.candidates}
-    cis = {r.id: intervals(r.latencies) for r in analysis.candidates if r.latencies}
-    unresolved = unresolved_by_candidate(retimes[-1] if retimes else None, trial_of)
-    console = common.console
-    if states or every_trial:
-        console.print(trials_table(console, analysis, states=states, intervals=cis, unresolved=unresolved))
-    else:
-        console.print(front_table(console, analysis, intervals=cis, unresolved=unresolved,
-                                  retime_number=retimes[-1].number if retimes else None))
-    if analysis.search.fidelity:
-        console.print(rungs_table(console, analysis))
-    if retimes:
-        console.print(retimes_table(console, retimes, trial_of))
-    if not analysis.front and not states:
-        common.err_console.print(empty_front_message(analysis), markup=False, highlight=False)
+    print_search(store, name, every_trial=show_all, states=[s.value for s in state or []])
 
 
 def _print_latencies(store, record) -> None:

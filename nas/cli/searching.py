@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nas.cli import common
-from nas.cli.common import EXIT_STOPPED, DbOption, _db_flag, _print_front, _split, app, db_url
+from nas.cli.common import EXIT_STOPPED, DbOption, _db_flag, _split, app, db_url, print_search
 from nas.errors import NasError
 from nas.terminal import LiveProgress, TrainingProgress
 
@@ -109,7 +109,7 @@ def search(
     live = LiveProgress(common.console, request.name, request.effective_trials, enabled=progress)
     with live as on_progress:
         outcome = SearchDriver(request, store, on_progress=on_progress).run()
-    _print_front(store, request.name)
+    print_search(store, request.name, retimes_listed=False)  # as `nas show`, with intervals
     for record in store.retimes(request.name)[retimed:]:
         common.console.print(_retime_line(record), highlight=False)
     common.console.print(f"\nsearch {escape(outcome.name)} {outcome.status} in {outcome.seconds:.0f}s: "
