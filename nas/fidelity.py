@@ -116,7 +116,7 @@ def rung_tokens(fidelity: Fidelity | None, budget: ProxyBudget) -> tuple[int, ..
     return tuple(s * per_step for s in rung_steps(fidelity, budget))
 
 
-def promotes(arrival: Sequence[float], earlier: Sequence[Sequence[float]], eta: int,
+def promotes(arrival: Sequence[float], earlier: Sequence[Sequence[float]] | np.ndarray, eta: int,
              directions: DirectionsLike) -> bool:
     """Whether a candidate with objective values ``arrival`` at a rung goes on to the next,
     given the values of the candidates that reached the rung before it (``earlier``).
@@ -125,17 +125,22 @@ def promotes(arrival: Sequence[float], earlier: Sequence[Sequence[float]], eta: 
     non-dominated front, or in its front with a larger crowding distance. The first ``eta - 1``
     arrivals thus go on only when nothing ranks above them (Optuna's rule for its first trials).
     """
-    values = np.asarray([*earlier, arrival], dtype=float).reshape(len(earlier) + 1, len(arrival))
-    n = len(values)
+    point = np.asarray(arrival, dtype=float).reshape(1, -1)
+    others = np.asarray(earlier, dtype=float).reshape(len(earlier), point.shape[1])
+    n = len(others) + 1
     allowed = max(1, n // eta)  # fewer than this many may rank above it
-    dominating, dominated = dominance_of(values[:-1], arrival, directions)
+    dominating, dominated = dominance_of(others, arrival, directions)
     # Every candidate dominating the arrival is in a better front: when there are as many as
     # may go on, that settles it. Candidates it dominates are in worse fronts and rank no
     # point that is not worse than it, so they are left out of the sort (exact, and the
-    # sort is the cost: BENCHMARKS.md, "Many workers through one driver").
+    # sort is the cost: BENCHMARKS.md, "Many workers through one driver"); when fewer are
+    # left than may rank above it, it goes on without one.
     if int(dominating.sum()) >= allowed:
         return False
-    values = np.concatenate([values[:-1][~dominated], values[-1:]])
+    kept = others[~dominated]
+    if len(kept) < allowed:
+        return True
+    values = np.concatenate([kept, point])
     me = len(values) - 1
     fronts = non_dominated_sort(values, directions)
     mine = next(i for i, front in enumerate(fronts) if me in front)

@@ -44,6 +44,7 @@ SCRIPTS: dict[str, list[str]] = {
     "bench_scale": [],
     "profile_driver": [],
     "bench_sampler_ask": [],
+    "bench_rungs": [],
 }
 # Scripts that write results rows: each row must carry the commit and the package versions.
 WRITERS = {"bench_overhead", "bench_latency_accuracy", "bench_slm_findings", "collect_tabular", "bench_demo",

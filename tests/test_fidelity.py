@@ -13,6 +13,7 @@ from nas.architecture import Architecture
 from nas.data import prepare
 from nas.fidelity import Fidelity, promotes, rung_steps, rung_tokens
 from nas.proxy import train
+from nas.search.rungs import Arrivals
 from nas.specs import DataSpec, ProxyBudget
 
 
@@ -152,3 +153,18 @@ def test_promotion_matches_the_reference_on_a_larger_rung(objectives):
         for k in range(len(points)):
             got = promotes(points[k], points[:k], eta, ["min"] * objectives)
             assert got == _reference_promotes(points[k], points[:k], eta), (eta, k)
+
+
+def test_a_rungs_arrivals_hold_each_trial_once_as_they_grow():
+    arrivals = Arrivals()
+    assert arrivals.others(0).shape[0] == 0
+    for trial in range(40):  # past the first buffer's 16 rows
+        arrivals.add(trial, [float(trial), -float(trial)])
+    arrivals.add(5, [100.0, 100.0])  # trial 5 re-run: its new values replace the old
+    assert len(arrivals) == 40
+    others = arrivals.others(5)
+    assert others.shape == (39, 2) and [5.0, -5.0] not in others.tolist()
+    assert [100.0, 100.0] not in others.tolist()
+    everyone = arrivals.others(99)
+    assert everyone.shape == (40, 2) and [100.0, 100.0] in everyone.tolist()
+    assert sorted(everyone[:, 0].tolist()) == sorted([float(t) for t in range(40) if t != 5] + [100.0])
