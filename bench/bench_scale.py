@@ -53,18 +53,22 @@ from bench.fake_evaluator import FakeEvaluator, StepTimes
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 STUDY = "scale"
-# step -> (class path, method names): what each wrapped call is charged to.
-STEPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "ask": ("nas.search.study:SearchStudy", ("ask",)),
-    "tell": ("nas.search.study:SearchStudy", ("_tell", "mark_repeat", "enqueue_unseen")),
-    "store": ("nas.store:Store", ("start_candidate", "finish_candidate", "record_shape", "record_rung",
-                                  "cached_latency", "find_search")),
-    "front": ("nas.search.front:LiveFront", ("load", "add", "set_tokens", "snapshot_due")),
-    "snapshot": ("nas.store:Store", ("add_pareto_snapshot",)),
-    "rungs": ("nas.search.rungs:RungLadder", ("decide",)),
-    "ray": ("nas.search.executor:RayExecutor", ("submit_shape", "submit_train", "submit_measure",
-                                                "wait", "get")),
+# step -> [(class path, method names)]: what each wrapped call is charged to.
+STEPS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    "ask": [("nas.search.study:SearchStudy", ("ask",))],
+    "tell": [("nas.search.study:SearchStudy", ("_tell", "mark_repeat", "enqueue_unseen"))],
+    # The driver's writes go through `WriteBatch`: one `write_together` per burst.
+    "store": [("nas.store:Store", ("write_together", "start_candidate", "finish_candidate", "record_shape",
+                                   "record_rung", "cached_latency", "find_search"))],
+    # `_finished`: what follows a finished trial's committed write (once per finished trial).
+    "front": [("nas.search.front:LiveFront", ("load", "add", "set_tokens", "snapshot_due")),
+              ("nas.search.collect:ResultHandling", ("_finished",))],
+    "snapshot": [("nas.store:Store", ("add_pareto_snapshot",))],
+    "rungs": [("nas.search.rungs:RungLadder", ("decide",))],
+    "ray": [("nas.search.executor:RayExecutor", ("submit_shape", "submit_train", "submit_measure",
+                                                 "wait", "get"))],
 }
+FINISHED = "_finished"  # the wrapped call that marks one more finished candidate
 LOOP = ("nas.search.driver:SearchDriver", "_search")
 
 
@@ -80,7 +84,7 @@ class Window:
 
 class Probe:
     """Wraps the driver's methods and charges exclusive time to steps, per window of finished
-    candidates (a finished candidate is a `Store.finish_candidate` call)."""
+    candidates (a finished candidate is a call of the driver's `FINISHED`)."""
 
     def __init__(self, window: int) -> None:
         self.window = window
@@ -112,7 +116,7 @@ class Probe:
                 if probe._stack:
                     probe._stack[-1] += elapsed
                 probe.current.seconds[step] += elapsed - children
-                if fn.__name__ == "finish_candidate":
+                if fn.__name__ == FINISHED:
                     probe._finished_one()
         return wrapped
 
@@ -136,13 +140,14 @@ class Probe:
         from sqlalchemy.engine import Engine
 
         patched: list[tuple[Any, str, Any]] = []
-        for step, (where, names) in STEPS.items():
-            module, cls_name = where.split(":")
-            cls = getattr(importlib.import_module(module), cls_name)
-            for name in names:
-                if name in vars(cls):
-                    patched.append((cls, name, vars(cls)[name]))
-                    setattr(cls, name, self._charge(step, vars(cls)[name]))
+        for step, places in STEPS.items():
+            for where, names in places:
+                module, cls_name = where.split(":")
+                cls = getattr(importlib.import_module(module), cls_name)
+                for name in names:
+                    if name in vars(cls):
+                        patched.append((cls, name, vars(cls)[name]))
+                        setattr(cls, name, self._charge(step, vars(cls)[name]))
         module, cls_name = LOOP[0].split(":")
         loop_cls = getattr(importlib.import_module(module), cls_name)
         loop = vars(loop_cls)[LOOP[1]]
