@@ -68,6 +68,11 @@ STEPS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "ray": [("nas.search.executor:RayExecutor", ("submit_shape", "submit_train", "submit_measure",
                                                  "wait", "get"))],
 }
+# `--wide`: tiny's fidelity, budget and profiles with finer depth, width and FFN grids, so that
+# 10,000 draws are nearly all distinct (tiny has 19,430 architectures: half the draws near
+# 10,000 repeat one, each an extra ask and tell); the size constraint widened to match.
+WIDE = {"n_layer": {"range": [1, 12]}, "d_model": {"range": [32, 160], "step": 8},
+        "ffn_mult": {"choices": [2.0, 2.5, 3.0, 3.5, 4.0]}}
 FINISHED = "_finished"  # the wrapped call that marks one more finished candidate
 LOOP = ("nas.search.driver:SearchDriver", "_search")
 
@@ -234,9 +239,14 @@ def run_one(kind: str, inflight: int, n: int, args: argparse.Namespace, k: int, 
     from nas.store import Store
 
     space = load_space("tiny")
+    fields = space.to_dict()
     if args.sampler != space.sampler.name or args.history:  # random: the driver's costs without TPE's
-        sampler = {"name": args.sampler, **({"history": args.history} if args.history else {})}
-        space = parse_space({**space.to_dict(), "sampler": sampler}, "bench_scale", "tiny")
+        fields["sampler"] = {"name": args.sampler, **({"history": args.history} if args.history else {})}
+    if args.wide:
+        fields["architecture"] = {**fields["architecture"], **WIDE}
+        fields["constraints"] = ["params <= 6e6"]
+    if fields != space.to_dict():
+        space = parse_space(fields, "bench_scale", "tiny")
     low, high = (float(x) for x in args.train_s.split(","))
     fake = FakeEvaluator(StepTimes(train=(low, high)), mode="actors", actors=args.actors)
     with database(kind, k, tmp) as url:
@@ -310,6 +320,8 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=0,
                         help="sampler history: condition on the N latest finished trials (0: all)")
     parser.add_argument("--no-fidelity", action="store_true", help="one rung: the whole budget")
+    parser.add_argument("--wide", action="store_true",
+                        help="finer depth/width/FFN grids: few repeat draws in 10,000 (WIDE)")
     parser.add_argument("--quick", action="store_true", help="1,000 candidates, 64 in flight, SQLite")
     parser.add_argument("--write", action="store_true", help="write bench/results/scale/")
     add_smoke_flag(parser)
