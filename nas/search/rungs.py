@@ -1,8 +1,9 @@
 """The driver's successive-halving ladder: where each rung ends and who goes on.
 
 It holds, per rung, the objective values of every candidate that arrived there (rebuilt
-from the store on resume, so a resumed driver decides as the first one would), and decides with `nas.fidelity.promotes`. Only ``val_loss`` is provisional: it is
-the rung's loss; latency and size come from the shape step.
+from the store on resume, so a resumed driver decides as the first one would), and decides
+with `nas.fidelity.promotes`. Only ``val_loss`` is provisional: it is the rung's loss;
+latency and size come from the shape step.
 """
 
 from __future__ import annotations
