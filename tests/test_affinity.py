@@ -72,7 +72,13 @@ def test_pinned_restores_after_an_exception() -> None:
     before = thread_affinities()
     with pytest.raises(RuntimeError), pinned([node_cores()[0]]):
         raise RuntimeError("a failed task")
-    assert thread_affinities() == before
+    after = thread_affinities()
+    # Threads of earlier tests' libraries may exit meanwhile (the likely cause of its rare failures
+    # under load):
+    # every thread that lived through the block has its affinity back, this one among them.
+    lived = before.keys() & after.keys()
+    assert threading.get_native_id() in lived
+    assert {tid: after[tid] for tid in lived} == {tid: before[tid] for tid in lived}
 
 
 @needs_two_cores
