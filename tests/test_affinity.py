@@ -74,8 +74,7 @@ def test_pinned_restores_after_an_exception() -> None:
         raise RuntimeError("a failed task")
     after = thread_affinities()
     # Threads of earlier tests' libraries may exit meanwhile (the likely cause of its rare failures
-    # under load):
-    # every thread that lived through the block has its affinity back, this one among them.
+    # under load): every thread that lived through the block has its affinity back, this one too.
     lived = before.keys() & after.keys()
     assert threading.get_native_id() in lived
     assert {tid: after[tid] for tid in lived} == {tid: before[tid] for tid in lived}
