@@ -136,7 +136,7 @@ def _retime_line(record: Any) -> str:
     """The end-of-search re-timing (`nas.retime`) in one line."""
     return (f"front re-timed together: {len(record.members)} candidates on {', '.join(record.profiles)}"
             f", {len(record.entered)} entered and {len(record.left)} left the front, "
-            f"{len(record.unresolved)} pair(s) unresolved (nas show for the intervals)")
+            f"{len(record.unresolved)} pair(s) unresolved (marked ≈ in the table above)")
 
 
 def _parent_line(space: Any) -> str:
