@@ -104,7 +104,7 @@ class WriterStorage(RDBStorage):
 class MirroredStorage(BaseStorage):
     """``backend`` (the search's database) mirrored in memory, for a study's only writer."""
 
-    def __init__(self, backend: RDBStorage) -> None:
+    def __init__(self, backend: WriterStorage) -> None:
         self.backend = backend
         self.memory = InMemoryStorage()
         self._lock = threading.RLock()
@@ -247,14 +247,8 @@ class MirroredStorage(BaseStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
         with self._writing(trial_id) as backend_id:
-            held = self._held.get(trial_id)
-            if held and isinstance(self.backend, WriterStorage):
-                written = self.backend.set_trial_state_values(backend_id, state, values, system_attrs=held)
-            else:
-                for key, value in (held or {}).items():
-                    self.backend.set_trial_system_attr(backend_id, key, value)
-                self._held.pop(trial_id, None)
-                written = self.backend.set_trial_state_values(backend_id, state, values)
+            written = self.backend.set_trial_state_values(backend_id, state, values,
+                                                          system_attrs=self._held.get(trial_id))
             if not written:
                 return False  # the database's answer stands (a waiting trial already taken)
             self._held.pop(trial_id, None)

@@ -298,7 +298,6 @@ class Store(RungStore, RetimeStore):
         ``read_back=False`` (five queries fewer: the driver needs the record of a complete
         candidate only).
         """
-        writes.check_finished_state(result)
         with self._write() as session:
             return writes.finish_candidate(session, search, trial_number, result, read_back=read_back)
 
