@@ -1,7 +1,7 @@
-"""What one successive-halving decision costs as a rung fills: `RungLadder`'s arrivals and
-`nas.fidelity.promotes`, against the plain rule measured in the same run (every arrival
-converted from lists and non-dominated-sorted whole, then crowding in its front), which is
-what the driver did before the shortcuts.
+"""What one successive-halving decision costs as a rung fills: `RungLadder`'s arrivals (their
+fronts kept by `nas.pareto.GrowingFronts`) and `nas.fidelity.promotes`, against the plain rule
+measured in the same run (every arrival converted from lists and non-dominated-sorted whole,
+then crowding in its front), which is what the driver did before.
 
 Arrivals lie along a loss-latency trade-off with noise, as `bench.fake_evaluator`'s do (few
 points dominate any other, the hard case for the shortcuts). Both answer every decision
@@ -20,8 +20,7 @@ import numpy as np
 
 from bench.common import add_smoke_flag, format_machine, machine_info, markdown_table, start_smoke
 from nas.fidelity import promotes
-from nas.pareto import crowding_distance, non_dominated_sort
-from nas.search.rungs import Arrivals
+from nas.pareto import GrowingFronts, crowding_distance, non_dominated_sort
 
 BOTH = ["min", "min"]
 
@@ -42,9 +41,10 @@ def plain_rule(arrival: list[float], earlier: list[list[float]], eta: int) -> bo
     return above < allowed
 
 
-def decide(arrivals: Arrivals, trial: int, mine: list[float], eta: int) -> bool:
-    """As `RungLadder.decide` does: the others' rows as they are held, then the rule."""
-    return promotes(mine, arrivals.others(trial), eta, BOTH)
+def decide(arrivals: GrowingFronts, mine: list[float], eta: int) -> bool:
+    """As `RungLadder.decide` does, including recording the arrival."""
+    standing = arrivals.add(len(arrivals), mine)
+    return promotes(standing, len(arrivals), eta)
 
 
 def timed(call, *args) -> tuple[float, bool]:
@@ -69,7 +69,7 @@ def main() -> None:
     rows = []
     for size in sizes:
         points = trade_off(rng, size + decisions)
-        arrivals, as_lists = Arrivals(), []
+        arrivals, as_lists = GrowingFronts(BOTH), []
         for trial, p in enumerate(points[:size]):
             arrivals.add(trial, p)
             as_lists.append(p.tolist())
@@ -77,12 +77,11 @@ def main() -> None:
         for trial in range(size, size + decisions):
             mine = points[trial].tolist()
             t_plain, want = timed(plain_rule, mine, as_lists, args.eta)
-            t_ladder, got = timed(decide, arrivals, trial, mine, args.eta)
+            t_ladder, got = timed(decide, arrivals, mine, args.eta)
             assert got == want, (size, trial)  # the same decision, every time
             plain.append(t_plain)
             ladder.append(t_ladder)
             promoted += got
-            arrivals.add(trial, mine)
             as_lists.append(mine)
         p, m = statistics.median(plain), statistics.median(ladder)
         rows.append([f"{size:,}", f"{p:.2f}", f"{m:.2f}", f"{p / m:.1f}x", f"{promoted}/{decisions}"])

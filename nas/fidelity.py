@@ -23,14 +23,14 @@ exact from the shape step; only the loss is provisional. A candidate goes on whe
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from nas.errors import ConfigError
-from nas.pareto import DirectionsLike, crowding_distance, dominance_of, non_dominated_sort
+from nas.pareto import Standing, crowding_distance
 from nas.specs import ProxyBudget
 
 
@@ -116,36 +116,22 @@ def rung_tokens(fidelity: Fidelity | None, budget: ProxyBudget) -> tuple[int, ..
     return tuple(s * per_step for s in rung_steps(fidelity, budget))
 
 
-def promotes(arrival: Sequence[float], earlier: Sequence[Sequence[float]] | np.ndarray, eta: int,
-             directions: DirectionsLike) -> bool:
-    """Whether a candidate with objective values ``arrival`` at a rung goes on to the next,
-    given the values of the candidates that reached the rung before it (``earlier``).
+def promotes(standing: Standing, arrivals: int, eta: int) -> bool:
+    """Whether a candidate goes on to the next rung, given where it landed among the candidates
+    that reached the rung before it (``standing``, from `GrowingFronts.add`) and how many have
+    arrived there, itself included (``arrivals``).
 
     Fewer than ``max(1, n // eta)`` of the n arrivals may rank strictly above it: in a better
     non-dominated front, or in its front with a larger crowding distance. The first ``eta - 1``
     arrivals thus go on only when nothing ranks above them (Optuna's rule for its first trials).
+    `GrowingFronts` keeps the earlier arrivals' fronts, so a decision costs O(n) vector work and
+    sorts only the arrival's own front (BENCHMARKS.md, "Many workers through one driver").
     """
-    point = np.asarray(arrival, dtype=float).reshape(1, -1)
-    others = np.asarray(earlier, dtype=float).reshape(len(earlier), point.shape[1])
-    n = len(others) + 1
-    allowed = max(1, n // eta)  # fewer than this many may rank above it
-    dominating, dominated = dominance_of(others, arrival, directions)
-    # Every candidate dominating the arrival is in a better front: when there are as many as
-    # may go on, that settles it. Candidates it dominates are in worse fronts and rank no
-    # point that is not worse than it, so they are left out of the sort (exact, and the
-    # sort is the cost: BENCHMARKS.md, "Many workers through one driver"); when fewer are
-    # left than may rank above it, it goes on without one.
-    if int(dominating.sum()) >= allowed:
+    allowed = max(1, arrivals // eta)  # fewer than this many may rank above it
+    better, peers = standing
+    if better >= allowed:
         return False
-    kept = others[~dominated]
-    if len(kept) < allowed:
+    if better + len(peers) - 1 < allowed:  # even its whole front cannot outnumber the allowance
         return True
-    values = np.concatenate([kept, point])
-    me = len(values) - 1
-    fronts = non_dominated_sort(values, directions)
-    mine = next(i for i, front in enumerate(fronts) if me in front)
-    above = sum(len(front) for front in fronts[:mine])
-    crowding = crowding_distance(values[fronts[mine]], directions)
-    my_crowding = crowding[fronts[mine].index(me)]
-    above += int(np.sum(crowding > my_crowding))
-    return above < allowed
+    crowding = crowding_distance(peers, ["min"] * peers.shape[1])  # peers are loss rows
+    return better + int(np.sum(crowding > crowding[-1])) < allowed

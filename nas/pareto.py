@@ -233,6 +233,109 @@ def dominance_of(values: Any, point: Sequence[float], directions: DirectionsLike
     return above, below
 
 
+class Standing(NamedTuple):
+    """Where a point landed among the points a `GrowingFronts` held before it."""
+
+    better: int  # points in strictly better fronts
+    peers: np.ndarray  # loss rows of the front it joined, its own row last
+
+
+class GrowingFronts:
+    """Non-dominated ranks of a set of points that grows one point at a time, kept exact.
+
+    A point's front (0 = best) is the length of the longest chain of points dominating it,
+    so adding a point ``x`` fixes its own rank from its dominators' ranks in one O(m n) pass,
+    and can only push down points that ``x`` dominates (every other point's dominators are
+    not dominated by ``x``); those are relaxed wave by wave from ``x``. A search's rung asks
+    where each arrival stands among thousands (`nas.fidelity.promotes`): sorting them all
+    again for every arrival grew with n (BENCHMARKS.md, "Many workers through one driver").
+    Columns are stored apart, so each comparison is a contiguous pass. Points are keyed (a
+    trial number); adding a key again replaces its point, and removing one sorts the rest
+    again (rare: a re-run after a crash). Loss rows as everywhere here: lower is better, NaN
+    is +inf.
+    """
+
+    def __init__(self, directions: DirectionsLike) -> None:
+        self.directions = list(directions)
+        self._columns = np.empty((len(_signs(self.directions)), 16))  # (m, capacity)
+        self._rank = np.zeros(16, dtype=np.int64)
+        self._keys: list[int] = []
+        self._row: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._row
+
+    def ranks(self) -> dict[int, int]:
+        """Each key's front, 0 the best."""
+        return {key: int(self._rank[row]) for key, row in self._row.items()}
+
+    def add(self, key: int, values: Sequence[float]) -> Standing:
+        """Hold ``values`` under ``key``; where it landed among the points held before it."""
+        self.discard(key)
+        x = _loss(np.asarray(values, dtype=float).reshape(1, -1), self.directions)[0]
+        n = len(self)
+        above, below = self._versus(x)
+        rank = self._rank[:n]
+        mine = int(rank[above].max()) + 1 if above.any() else 0
+        # Points ``x`` dominates land in worse fronts (pushed below), whatever their rank was.
+        peers = np.concatenate([self._columns[:, :n][:, ~below & (rank == mine)].T, x[None]])
+        standing = Standing(int(np.count_nonzero(~below & (rank < mine))), peers)
+        self._push_down(np.flatnonzero(below), x[None], np.array([mine]))
+        if n == self._rank.size:
+            self._columns = np.concatenate([self._columns, np.empty_like(self._columns)], axis=1)
+            self._rank = np.concatenate([self._rank, np.zeros_like(self._rank)])
+        self._columns[:, n], self._rank[n] = x, mine
+        self._row[key] = n
+        self._keys.append(key)
+        return standing
+
+    def discard(self, key: int) -> None:
+        row = self._row.pop(key, None)
+        if row is None:
+            return
+        n = len(self._keys)
+        self._columns[:, row:n - 1] = self._columns[:, row + 1:n].copy()
+        del self._keys[row]
+        self._row = {k: i for i, k in enumerate(self._keys)}
+        self._rank[:n - 1] = 0
+        for r, front in enumerate(_fronts(self._columns[:, :n - 1].T)):
+            self._rank[front] = r
+
+    def _versus(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(held points dominating ``x``, held points ``x`` dominates), as boolean masks."""
+        n = len(self)
+        no_worse, better = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+        no_better, worse = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+        for column, value in zip(self._columns[:, :n], x):
+            lower, higher = column < value, column > value
+            no_worse &= ~higher
+            better |= lower
+            no_better &= ~lower
+            worse |= higher
+        return no_worse & better, no_better & worse
+
+    def _push_down(self, candidates: np.ndarray, wave: np.ndarray, wave_rank: np.ndarray) -> None:
+        """Raise each candidate's rank to 1 + the rank of any point of ``wave`` dominating it;
+        the raised ones are the next wave (the longest-chain ranks of a DAG, by relaxation)."""
+        rank, m = self._rank, self._columns.shape[0]
+        while wave.shape[0] and candidates.size:
+            points = self._columns[:, candidates].T
+            need = np.full(candidates.size, -1, dtype=np.int64)
+            step = max(1, _CHUNK_ELEMENTS // max(1, candidates.size * m))
+            for start in range(0, wave.shape[0], step):
+                block = wave[start:start + step, None, :]
+                dom = np.all(block <= points[None], axis=2) & np.any(block < points[None], axis=2)
+                lifted = np.where(dom, wave_rank[start:start + step, None] + 1, -1)
+                need = np.maximum(need, lifted.max(axis=0))
+            up = need > rank[candidates]
+            raised = candidates[up]
+            rank[raised] = need[up]
+            wave, wave_rank = self._columns[:, raised].T, rank[raised]
+
+
 def crowding_distance(values: Any, directions: DirectionsLike) -> np.ndarray:
     """NSGA-II's crowding distance of each point of one front: how much room it has.
 

@@ -11,9 +11,10 @@ import torch
 
 from nas.architecture import Architecture
 from nas.data import prepare
-from nas.fidelity import Fidelity, promotes, rung_steps, rung_tokens
+from nas.fidelity import Fidelity, rung_steps, rung_tokens
+from nas.fidelity import promotes as _promotes
+from nas.pareto import GrowingFronts
 from nas.proxy import train
-from nas.search.rungs import Arrivals
 from nas.specs import DataSpec, ProxyBudget
 
 
@@ -27,6 +28,14 @@ def test_rungs_divide_the_budget_by_eta_and_end_on_whole_steps():
 
 
 # ----- the promotion rule against a brute-force reference --------------------------------
+def promotes(arrival, earlier, eta: int, directions) -> bool:
+    """`nas.fidelity.promotes` with the earlier arrivals given as a list, in arrival order."""
+    fronts = GrowingFronts(directions)
+    for trial, values in enumerate(earlier):
+        fronts.add(trial, values)
+    return _promotes(fronts.add(len(earlier), arrival), len(earlier) + 1, eta)
+
+
 def _dominates(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.all(a <= b) and np.any(a < b))
 
@@ -156,15 +165,14 @@ def test_promotion_matches_the_reference_on_a_larger_rung(objectives):
 
 
 def test_a_rungs_arrivals_hold_each_trial_once_as_they_grow():
-    arrivals = Arrivals()
-    assert arrivals.others(0).shape[0] == 0
+    arrivals = GrowingFronts(["min", "min"])
+    assert len(arrivals) == 0
     for trial in range(40):  # past the first buffer's 16 rows
-        arrivals.add(trial, [float(trial), -float(trial)])
+        arrivals.add(trial, [float(trial % 7), float(trial // 7)])
     arrivals.add(5, [100.0, 100.0])  # trial 5 re-run: its new values replace the old
-    assert len(arrivals) == 40
-    others = arrivals.others(5)
-    assert others.shape == (39, 2) and [5.0, -5.0] not in others.tolist()
-    assert [100.0, 100.0] not in others.tolist()
-    everyone = arrivals.others(99)
-    assert everyone.shape == (40, 2) and [100.0, 100.0] in everyone.tolist()
-    assert sorted(everyone[:, 0].tolist()) == sorted([float(t) for t in range(40) if t != 5] + [100.0])
+    assert len(arrivals) == 40 and 5 in arrivals
+    ranks = arrivals.ranks()
+    assert ranks[5] == max(ranks.values())  # worst now, dominated by every other point
+    assert ranks[0] == 0 and ranks[12] == 6  # (5, 1) after (0, 0) .. (4, 0), (4, 1)
+    arrivals.discard(5)
+    assert len(arrivals) == 39 and 5 not in arrivals

@@ -11,8 +11,8 @@ import pytest
 from nas.errors import ConfigError
 from nas.objectives import Objective
 from nas.pareto import (
+    GrowingFronts,
     ParetoSummary,
-    dominance_of,
     hypervolume,
     knee_point,
     non_dominated_sort,
@@ -329,19 +329,29 @@ def test_objective_parsing():
             Objective.parse(bad)
 
 
-@pytest.mark.parametrize("directions", [["min", "min"], ["min", "max", "min"]])
-def test_dominance_of_matches_a_brute_force_check(directions):
+@pytest.mark.parametrize("directions", [["min"], ["min", "min"], ["min", "max", "min"]])
+def test_growing_fronts_keep_the_ranks_of_a_full_sort(directions):
+    """Every add (new, re-added with new values) and discard leaves the ranks a fresh sort gives,
+    with ties, equal points and NaN; an add's standing is where the point landed."""
     rng = np.random.default_rng(len(directions))
-    values = np.round(rng.uniform(0, 3, (60, len(directions))) * 2) / 2  # ties and equal points
+    values = np.round(rng.uniform(0, 3, (120, len(directions))) * 2) / 2  # ties and equal points
     values[3, 0] = np.nan  # NaN ranks last, as in the sort
-    signs = [1 if d == "min" else -1 for d in directions]
-    loss = np.where(np.isnan(values), np.inf, values * signs)
-
-    def dominates(a, b):
-        return all(a <= b) and any(a < b)
-
-    for k in range(len(values)):
-        others = np.delete(loss, k, axis=0)
-        above, below = dominance_of(np.delete(values, k, axis=0), values[k], directions)
-        assert above.tolist() == [dominates(row, loss[k]) for row in others]
-        assert below.tolist() == [dominates(loss[k], row) for row in others]
+    fronts, held = GrowingFronts(directions), {}
+    for step in range(220):
+        key = int(rng.integers(0, 90))
+        if step % 9 == 8:
+            fronts.discard(key)
+            held.pop(key, None)
+        else:
+            row = values[int(rng.integers(0, len(values)))]
+            standing = None if key in held else fronts.add(key, row)
+            fronts.add(key, row)  # the same values again: replaced, nothing moves
+            held[key] = row
+        keys = sorted(held)
+        want = {keys[i]: r for r, front in enumerate(non_dominated_sort([held[k] for k in keys], directions))
+                for i in front}
+        assert fronts.ranks() == want, step
+        if step % 9 != 8 and standing is not None:  # a new key: its standing came true
+            mine = want[key]
+            assert standing.better == sum(1 for k, r in want.items() if r < mine)
+            assert len(standing.peers) == sum(1 for r in want.values() if r == mine)
