@@ -246,7 +246,7 @@ class GrowingFronts:
     A point's front (0 = best) is the length of the longest chain of points dominating it,
     so adding a point ``x`` fixes its own rank from its dominators' ranks in one O(m n) pass,
     and can only push down points that ``x`` dominates (every other point's dominators are
-    not dominated by ``x``); those are relaxed wave by wave from ``x``. A search's rung asks
+    not dominated by ``x``), each by one front at most (`_push_down`). A search's rung asks
     where each arrival stands among thousands (`nas.fidelity.promotes`): sorting them all
     again for every arrival grew with n (BENCHMARKS.md, "Many workers through one driver").
     Columns are stored apart, so each comparison is a contiguous pass. Points are keyed (a
@@ -283,7 +283,7 @@ class GrowingFronts:
         # Points ``x`` dominates land in worse fronts (pushed below), whatever their rank was.
         peers = np.concatenate([self._columns[:, :n][:, ~below & (rank == mine)].T, x[None]])
         standing = Standing(int(np.count_nonzero(~below & (rank < mine))), peers)
-        self._push_down(np.flatnonzero(below), x[None], np.array([mine]))
+        self._push_down(np.flatnonzero(below), mine)
         if n == self._rank.size:
             self._columns = np.concatenate([self._columns, np.empty_like(self._columns)], axis=1)
             self._rank = np.concatenate([self._rank, np.zeros_like(self._rank)])
@@ -317,23 +317,38 @@ class GrowingFronts:
             worse |= higher
         return no_worse & better, no_better & worse
 
-    def _push_down(self, candidates: np.ndarray, wave: np.ndarray, wave_rank: np.ndarray) -> None:
-        """Raise each candidate's rank to 1 + the rank of any point of ``wave`` dominating it;
-        the raised ones are the next wave (the longest-chain ranks of a DAG, by relaxation)."""
-        rank, m = self._rank, self._columns.shape[0]
-        while wave.shape[0] and candidates.size:
-            points = self._columns[:, candidates].T
-            need = np.full(candidates.size, -1, dtype=np.int64)
-            step = max(1, _CHUNK_ELEMENTS // max(1, candidates.size * m))
-            for start in range(0, wave.shape[0], step):
-                block = wave[start:start + step, None, :]
-                dom = np.all(block <= points[None], axis=2) & np.any(block < points[None], axis=2)
-                lifted = np.where(dom, wave_rank[start:start + step, None] + 1, -1)
-                need = np.maximum(need, lifted.max(axis=0))
-            up = need > rank[candidates]
-            raised = candidates[up]
-            rank[raised] = need[up]
-            wave, wave_rank = self._columns[:, raised].T, rank[raised]
+    def _push_down(self, dominated: np.ndarray, mine: int) -> None:
+        """Move the points the new one dominates (``dominated``) down where they now belong.
+
+        One new point raises a rank by at most one (a chain holds it once; drop it and an old
+        chain is left), so a dominated point ``p`` moves down exactly when the new point (for
+        ``p`` in front ``mine``) or a point that moved down from the front just above ``p``'s
+        dominates it. Fronts are therefore settled one at a time from ``mine`` down, each
+        compared only with the points that moved from the front above it, and the walk stops
+        at the first front where nothing moves.
+        """
+        old = self._rank[dominated]
+        moved = dominated[old == mine]
+        lowered = [moved]
+        level = mine + 1
+        while moved.size:
+            candidates = dominated[old == level]
+            if not candidates.size:
+                break
+            moved = candidates[self._dominated_by_any(moved, candidates)]
+            lowered.append(moved)
+            level += 1
+        self._rank[np.concatenate(lowered)] += 1
+
+    def _dominated_by_any(self, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Mask over ``candidates``: dominated by at least one of ``rows`` (held points)."""
+        m = self._columns.shape[0]
+        points, hit = self._columns[:, candidates].T[None], np.zeros(candidates.size, dtype=bool)
+        step = max(1, _CHUNK_ELEMENTS // max(1, candidates.size * m))
+        for start in range(0, rows.size, step):
+            block = self._columns[:, rows[start:start + step]].T[:, None, :]
+            hit |= (np.all(block <= points, axis=2) & np.any(block < points, axis=2)).any(axis=0)
+        return hit
 
 
 def crowding_distance(values: Any, directions: DirectionsLike) -> np.ndarray:

@@ -355,3 +355,22 @@ def test_growing_fronts_keep_the_ranks_of_a_full_sort(directions):
             mine = want[key]
             assert standing.better == sum(1 for k, r in want.items() if r < mine)
             assert len(standing.peers) == sum(1 for r in want.values() if r == mine)
+
+
+@pytest.mark.parametrize("order", ["worst first", "best first", "shuffled"])
+def test_growing_fronts_keep_deep_fronts_exact(order):
+    """Correlated objectives make many shallow fronts: an arrival near the best end moves every
+    front below it, each by exactly one (the case the front-by-front push-down relies on)."""
+    rng = np.random.default_rng(7)
+    base = rng.uniform(0, 1, 300)
+    values = np.stack([base + rng.normal(0, 0.02, 300), base + rng.normal(0, 0.02, 300)], axis=1)
+    keys = {"worst first": np.argsort(-base), "best first": np.argsort(base),
+            "shuffled": rng.permutation(300)}[order]
+    fronts, held = GrowingFronts(["min", "min"]), []
+    for key in keys:
+        fronts.add(int(key), values[key])
+        held.append(int(key))
+    want = {held[i]: r for r, front in enumerate(non_dominated_sort(values[held], ["min", "min"]))
+            for i in front}
+    assert fronts.ranks() == want
+    assert max(want.values()) > 20  # deep enough that arrivals move many fronts
