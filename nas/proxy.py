@@ -1,8 +1,9 @@
 """Proxy training: a short, seeded run whose validation loss ranks candidates.
 
 `train` runs AdamW (betas 0.9/0.95, weight decay on matrices only) with linear warm-up and
-cosine decay to ``lr * min_lr_frac``, gradient clipping and random training windows drawn
-from a generator seeded by ``seed``; same seed and thread count give identical results on CPU.
+cosine decay to ``lr * min_lr_frac`` (or warmup-stable-decay: ``budget.schedule``,
+`nas.schedule`), gradient clipping and random training windows drawn from a generator
+seeded by ``seed``; same seed and thread count give identical results on CPU.
 It never raises for a run that goes wrong numerically: a non-finite loss, or one far worse
 than uniform guessing, ends the run as ``"diverged"`` (val_loss=inf, the step in the reason),
 and ``budget.max_seconds`` ends it as ``"timeout"`` (still evaluated).
@@ -59,6 +60,7 @@ from nas.distill import TeacherCache, cache_key, kl_mean, log_probs, topk_kl_mea
 from nas.errors import ArchitectureError
 from nas.model import NasLM, build_model
 from nas.results import ProxyResult, ProxyStatus
+from nas.schedule import cooldown_steps, decayed, lr_schedule
 from nas.specs import ProxyBudget
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, recent training loss)
@@ -102,20 +104,6 @@ def cpu_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def lr_schedule(budget: ProxyBudget, steps: int) -> list[float]:
-    """Linear warm-up over ``warmup_frac`` of the steps, then cosine to ``lr * min_lr_frac``."""
-    warmup = round(budget.warmup_frac * steps)
-    lrs = []
-    for step in range(steps):
-        if step < warmup:
-            lrs.append(budget.lr * (step + 1) / warmup)
-            continue
-        done = (step - warmup) / max(1, steps - warmup - 1)
-        scale = budget.min_lr_frac + (1 - budget.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * done))
-        lrs.append(budget.lr * scale)
-    return lrs
 
 
 def make_optimizer(model: NasLM, budget: ProxyBudget) -> torch.optim.AdamW:
@@ -241,9 +229,14 @@ def train(arch: Architecture, budget: ProxyBudget, data: TokenData, device: str 
 
     ``stop_at``: stop after this many optimizer steps of the budget's schedule (a rung of
     `nas.fidelity`), score, and hand back a `TrainedModel.checkpoint`; ``resume``: continue
-    from such a checkpoint. The schedule is always the whole budget's (cosine to its end, so
-    a rung's loss is the raw loss at that step): training to step a, then on to b, gives the
-    same weights as training to b without a break (bitwise on CPU).
+    from such a checkpoint. The schedule is always the whole budget's: with ``cosine`` a
+    rung's loss is the raw loss at that step; with ``wsd`` the rate is still flat there, so
+    the rung is scored after a cooldown branch (`cooldown_steps`: ``cooldown_frac`` x the
+    rung's steps, decaying linearly from the rung's rate, on the batches that come next),
+    and the returned model is the branch's. Either way the checkpoint is taken at the
+    rung's step, before any branch: training to step a, then on to b, gives the same weights
+    as training to b without a break (bitwise on CPU). A branch's tokens are not in
+    ``result.tokens`` (the position in the budget); its time is in ``result.seconds``.
 
     ``teacher``: distil from this parent (same vocab_size): the loss is
     ``w * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - w) * CE`` with ``w, T =
@@ -355,21 +348,7 @@ def _train(arch: Architecture, budget: ProxyBudget, data: TokenData, dev: torch.
     done = checked = kept = start
     train_start = read_at = time.perf_counter()
     for step in range(start, stop):
-        x, y = batches.next()
-        for group in opt.param_groups:
-            group["lr"] = lrs[step]
-        with _autocast(dev):
-            logits = model(x)
-        flat = logits.reshape(-1, logits.shape[-1]).float()
-        if distill is None:
-            loss = ce = F.cross_entropy(flat, y.reshape(-1))
-        else:
-            loss, ce = distill.loss(step, x, flat, y.reshape(-1))
-        loss.backward()
-        if budget.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, budget.grad_clip, foreach=True)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss, ce = _step(model, opt, params, batches, lrs[step], budget, dev, distill, step)
         # The curve keeps the cross-entropy (comparable with from-scratch runs); a non-finite
         # mixed loss still marks the step as diverged.
         losses[step] = (loss.detach() if distill is None else
@@ -404,6 +383,12 @@ def _train(arch: Architecture, budget: ProxyBudget, data: TokenData, dev: torch.
     checkpoint = None
     if status == "ok" and done < steps:
         checkpoint = _checkpoint(done, model, opt, batches, losses, earlier_seconds + train_seconds)
+        # WSD: score the rung where a run of this length would end, on a branch the
+        # checkpoint (taken first) knows nothing of; the next rung goes on from the stable rate.
+        branch = cooldown_steps(budget, done)
+        for i in range(branch):
+            _step(model, opt, params, batches, decayed(budget, lrs[done - 1], i + 1, branch),
+                  budget, dev, distill, done + i)
     val_loss, val_kl = math.inf, None
     if status != "diverged":
         val_loss, val_kl = validation_scores(model, data, budget, dev,
@@ -420,6 +405,28 @@ def _train(arch: Architecture, budget: ProxyBudget, data: TokenData, dev: torch.
         seconds=time.perf_counter() - started, status=status, reason=reason, device=str(dev),
         val_kl=val_kl)
     return TrainedModel(result, model.cpu().eval(), checkpoint)
+
+
+def _step(model: NasLM, opt: torch.optim.Optimizer, params: list[torch.Tensor], batches: _Batches,
+          lr: float, budget: ProxyBudget, dev: torch.device, distill: _Teacher | None,
+          step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step at ``lr`` on the next batch: (loss, its cross-entropy part)."""
+    x, y = batches.next()
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with _autocast(dev):
+        logits = model(x)
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    if distill is None:
+        loss = ce = F.cross_entropy(flat, y.reshape(-1))
+    else:
+        loss, ce = distill.loss(step, x, flat, y.reshape(-1))
+    loss.backward()
+    if budget.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, budget.grad_clip, foreach=True)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss, ce
 
 
 # ----- checkpoints between rungs ---------------------------------------------------------

@@ -47,6 +47,13 @@ class ProxyBudget:
     # loss = w * T^2 * KL(teacher/T || student/T) + (1 - w) * cross-entropy.
     distill_weight: float = 0.5
     distill_temperature: float = 1.0
+    # "cosine" (the default): warm-up, then cosine to the end of the budget; a rung's loss is
+    # the raw loss where it stops. "wsd" (warmup-stable-decay): the rate stays at ``lr`` and
+    # decays linearly to ``lr * min_lr_frac`` over the last ``cooldown_frac`` of the budget;
+    # a rung before the last is scored on a cooldown branch of ``cooldown_frac`` x its steps,
+    # thrown away after scoring (`nas.proxy.train`).
+    schedule: str = "cosine"
+    cooldown_frac: float = 0.2
 
     def validate(self, source: str | None = None) -> None:
         positive = ("tokens", "batch_size", "seq_len", "lr", "val_tokens")
@@ -63,6 +70,13 @@ class ProxyBudget:
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ConfigError(f"budget.max_seconds={self.max_seconds!r} must be positive",
                               source=source, field="budget.max_seconds", value=self.max_seconds)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"budget.schedule={self.schedule!r} must be one of {', '.join(SCHEDULES)}",
+                              source=source, field="budget.schedule", value=self.schedule)
+        c = self.cooldown_frac
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < 1:
+            raise ConfigError(f"budget.cooldown_frac={c!r} must be between 0 and 1 (exclusive)",
+                              source=source, field="budget.cooldown_frac", value=c)
         w = self.distill_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
             raise ConfigError(f"budget.distill_weight={w!r} must be between 0 and 1 "
@@ -79,8 +93,8 @@ class ProxyBudget:
         return _from_mapping(cls, data, source, "budget")
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, except the distillation settings while at their defaults: the budget
-        is part of `SearchSpace.hash`, so spaces written before distillation keep their hash."""
+        """Every field, except the distillation and schedule settings while at their defaults:
+        the budget is part of `SearchSpace.hash`, so spaces written before them keep their hash."""
         out = dataclasses.asdict(self)
         for name in _LEFT_OUT_AT_DEFAULT:
             if out[name] == _BUDGET_DEFAULTS[name]:
@@ -92,7 +106,8 @@ class ProxyBudget:
         return max(1, self.tokens // (self.batch_size * self.seq_len))
 
 
-_LEFT_OUT_AT_DEFAULT = ("distill_weight", "distill_temperature")
+SCHEDULES = ("cosine", "wsd")
+_LEFT_OUT_AT_DEFAULT = ("distill_weight", "distill_temperature", "schedule", "cooldown_frac")
 _BUDGET_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ProxyBudget)}
 
 

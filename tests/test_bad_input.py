@@ -181,6 +181,9 @@ CLI: dict[str, Cli] = {
                                      [space(fidelity={"min_tokens": 4096, "eta": 2})]),
     "space-fidelity-below-batch": Cli(["search", "bad.yaml"],
                                       [space(fidelity={"min_tokens": 100, "eta": 2})]),
+    "space-budget-schedule": Cli(["search", "bad.yaml"], [space(budget__schedule="linear")]),
+    "space-budget-cooldown": Cli(["search", "bad.yaml"],
+                                 [space(budget__schedule="wsd", budget__cooldown_frac=1.5)]),
     "resume-no-fidelity": Cli(
         ["search", "bad.yaml", "--name", "taken", "--profiles", str(PROFILE), "--no-fidelity"],
         [fidelity_search({**RUNGS, "rung_tokens": [1024, 2048, 4096]})]),

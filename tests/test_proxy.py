@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from nas.architecture import Architecture
 from nas.data import TokenData, prepare
 from nas.errors import DataError
 from nas.model import build_model
-from nas.proxy import lr_schedule, train, weights_from_bytes, weights_to_bytes
+from nas.proxy import train, validation_loss, weights_from_bytes, weights_to_bytes
+from nas.schedule import cooldown_steps, lr_schedule
 from nas.specs import DataSpec, ProxyBudget
 
 TINY = Architecture(n_layer=2, d_model=32, n_head=2, n_kv_head=2, max_seq_len=64)
@@ -71,6 +73,39 @@ def test_lr_schedule_warms_up_then_decays() -> None:
     lrs = lr_schedule(budget, 100)
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[-1] == pytest.approx(0.1) and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+def test_wsd_schedule_is_flat_then_decays_over_its_cooldown() -> None:
+    budget = ProxyBudget(lr=1.0, warmup_frac=0.1, min_lr_frac=0.1, schedule="wsd", cooldown_frac=0.2)
+    lrs = lr_schedule(budget, 100)
+    assert lrs[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
+    assert lrs[10:80] == [1.0] * 70  # stable
+    assert lrs[80] < 1.0 and lrs[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(lrs[80:], lrs[81:]))  # linear, to the end
+    steps = budget.steps
+    assert cooldown_steps(budget, 50) == 10 and cooldown_steps(budget, steps) == 0
+    assert cooldown_steps(ProxyBudget(), 50) == 0  # cosine: rungs are scored raw
+
+
+WSD = ProxyBudget(tokens=8192, batch_size=8, seq_len=32, lr=1e-2, val_tokens=2048, schedule="wsd",
+                  cooldown_frac=0.25)
+
+
+def test_a_wsd_rung_is_scored_on_its_cooldown_branch_and_continues_bitwise(stdlib: TokenData) -> None:
+    """The rung's model and score are the branch's; its checkpoint is not: going on from it
+    gives the weights of training straight through (bitwise on CPU, one thread)."""
+    rung = train(TINY, WSD, stdlib, seed=3, threads=1, stop_at=8)
+    at_step = torch.load(io.BytesIO(rung.checkpoint), weights_only=True)["model"]
+    branch = rung.model.state_dict()
+    matrices = [k for k, v in at_step.items() if v.dim() == 2]
+    assert matrices and not any(torch.equal(branch[k], at_step[k]) for k in matrices)  # trained on
+    assert rung.result.val_loss == pytest.approx(validation_loss(rung.model, stdlib, WSD), abs=1e-6)
+    assert rung.result.tokens == 8 * 8 * 32  # the position in the budget, not the branch
+    resumed = train(TINY, WSD, stdlib, seed=3, threads=1, resume=rung.checkpoint)
+    straight = train(TINY, WSD, stdlib, seed=3, threads=1)
+    for (key, a), (_, b) in zip(resumed.model.state_dict().items(), straight.model.state_dict().items()):
+        assert torch.equal(a, b), key
+    assert resumed.result.val_loss == straight.result.val_loss
 
 
 @pytest.mark.parametrize("arch", [
