@@ -118,6 +118,10 @@ def main() -> None:
                     help="record every rung of eta in --etas down to this many tokens")
     ap.add_argument("--no-pin", action="store_true", help="do not pin shard K to core K")
     ap.add_argument("--status", action="store_true", help="print progress and exit")
+    ap.add_argument("--schedule", default=None, choices=["cosine", "wsd"],
+                    help="the budget's learning-rate schedule (default: the space's)")
+    ap.add_argument("--no-latency", action="store_true",
+                    help="skip the shape step (a rank-correlation study; a replay needs latency)")
     add_smoke_flag(ap)
     args = ap.parse_args()
     profile: HardwareProfile | None = None
@@ -147,6 +151,8 @@ def main() -> None:
     etas = tuple(int(e) for e in args.etas.split(","))
     steps = record_steps(space, etas, args.min_tokens)
     budget = dataclasses.replace(space.budget, max_seconds=None)  # a loaded machine must not cut a row
+    if args.schedule:
+        budget = dataclasses.replace(budget, schedule=args.schedule)
     archs = table_order(space)
     path = table_path(args.table)
     done = {r["hash"] for r in read_jsonl(path)}
@@ -158,7 +164,7 @@ def main() -> None:
     data = corpus("smoke" if args.smoke else "stdlib")
     started = time.perf_counter()
     for n, (i, arch) in enumerate(mine):
-        row = evaluate(i, arch, space, budget, data, steps, profile)
+        row = evaluate(i, arch, space, budget, data, steps, None if args.no_latency else profile)
         row["shard"] = f"{shard}/{shards}"
         append_jsonl(path, row)
         elapsed = time.perf_counter() - started
@@ -172,28 +178,31 @@ def main() -> None:
 
 
 def evaluate(i: int, arch: Architecture, space: SearchSpace, budget: Any, data: TokenData,
-             steps: list[int], profile: HardwareProfile) -> dict[str, Any]:
-    """The shape step and the segmented training of one architecture, as a trial does them."""
+             steps: list[int], profile: HardwareProfile | None) -> dict[str, Any]:
+    """The shape step (without ``profile``: none) and the segmented training of one
+    architecture, as a trial does them."""
     from nas.evaluate import export_shape, measure_profile
     from nas.proxy import train
 
     t0 = time.perf_counter()
     ref = matmul_flops(threads=1, n=512, rounds=3)
     t1 = time.perf_counter()
-    shape = export_shape(arch, seed=space.seed, threads=1)
+    shape = export_shape(arch, seed=space.seed, threads=1) if profile else None
     t2 = time.perf_counter()
     row: dict[str, Any] = {"i": i, "hash": arch.hash, "arch": arch.to_dict(), "params": arch.n_params,
                            "space": space.name, "space_hash": space.hash, "matmul_flops_ref": ref,
-                           "loadavg": os.getloadavg()[0], "budget_tokens": budget.tokens}
-    if not shape.ok:
+                           "loadavg": os.getloadavg()[0], "budget_tokens": budget.tokens,
+                           "schedule": budget.schedule}
+    if shape is not None and not shape.ok:
         row.update(status="failed", error=shape.error, val_loss=float("inf"), points=[],
                    train_seconds=0.0, seconds={"ref": t1 - t0, "export": t2 - t1, "total": t2 - t0})
         return row
-    assert shape.prefill_onnx is not None and shape.decode_onnx is not None
-    lat = measure_profile(shape.prefill_onnx, shape.decode_onnx, profile)
+    if shape is not None:
+        assert shape.prefill_onnx is not None and shape.decode_onnx is not None and profile
+        lat = measure_profile(shape.prefill_onnx, shape.decode_onnx, profile)
+        row.update({"decode_ms": lat.decode.median_ms, "prefill_ms": lat.prefill.median_ms,
+                    "decode_cv": lat.decode.cv, "prefill_cv": lat.prefill.cv, "profile": profile.name})
     t3 = time.perf_counter()
-    row.update({"decode_ms": lat.decode.median_ms, "prefill_ms": lat.prefill.median_ms,
-                "decode_cv": lat.decode.cv, "prefill_cv": lat.prefill.cv, "profile": profile.name})
     per_step = budget.batch_size * budget.seq_len
     points, checkpoint, train_seconds, status_, reason = [], None, 0.0, "ok", ""
     for step in steps:

@@ -38,6 +38,7 @@ SCRIPTS: dict[str, list[str]] = {
     "collect_fidelity": [],
     "bench_search_efficiency": [],
     "analyze_fidelity": [],
+    "compare_schedules": [],
     "bench_retime": [],
     "bench_workloads": [],
     "bench_distill": [],
@@ -50,6 +51,7 @@ SCRIPTS: dict[str, list[str]] = {
 WRITERS = {"bench_overhead", "bench_latency_accuracy", "bench_slm_findings", "collect_tabular", "bench_demo",
            "collect_fidelity", "bench_search_efficiency", "bench_distill", "bench_parent", "bench_retime",
            "bench_workloads"}
+ANALYSES = {"analyze_fidelity", "compare_schedules"}  # tables of stored rows, not measurements
 NEEDS_TWO_CORES = {"bench_latency_accuracy"}  # it times on core 0 while training on core 1
 PARALLEL = 3
 TIMEOUT_S = 300
@@ -100,7 +102,7 @@ def test_smoke_run(runs: dict[str, Any], name: str) -> None:
         pytest.skip(f"{name} needs two cores")
     result = runs["results"][name]
     assert result["rc"] == 0, f"{name} failed:\n{result['stdout'][-3000:]}\n{result['stderr'][-3000:]}"
-    if name != "analyze_fidelity":  # an analysis of stored rows, not a measurement
+    if name not in ANALYSES:
         assert re.search(r"^- software: commit \S+; Python", result["stdout"], re.M), result["stdout"]
     if name in WRITERS:
         (folder,) = set(re.findall(r"^smoke results: (.+)$", result["stdout"], re.M))

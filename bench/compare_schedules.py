@@ -1,0 +1,98 @@
+"""Issue 14, the rung schedule: do rung losses rank like the full-budget loss under cosine and
+under warmup-stable-decay with a cooldown branch per rung?
+
+Reads two tables `bench.collect_tabular` wrote for the same space: the cosine one (the item-4
+table, ``tabular``) and one trained with ``--schedule wsd`` (``tabular_wsd``; a partial table is
+a uniform sample, so the architectures both hold are compared). For each rung point both hold:
+Spearman rho between the rung's loss and the same run's full-budget loss, with a 95% bootstrap
+interval over architectures and the paired interval of the difference (wsd - cosine). Also
+rho between the two schedules' final losses, their mean final loss, and what a row's training
+cost (the branches included).
+
+    python -m bench.compare_schedules [--cosine tabular] [--wsd tabular_wsd]
+    python -m bench.compare_schedules --smoke    # the committed rows, 50 resamples
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+import numpy as np
+
+from bench.analyze_fidelity import _RESAMPLES, _rho, boot
+from bench.collect_tabular import table_path
+from bench.common import add_smoke_flag, markdown_table, read_jsonl
+
+
+def _rows(table: str) -> dict[str, dict[str, Any]]:
+    return {r["hash"]: r for r in read_jsonl(table_path(table)) if r.get("status") == "ok"}
+
+
+def _at(row: dict[str, Any], step: int) -> float:
+    return next(p["val_loss"] for p in row["points"] if p["step"] == step)
+
+
+def _interval(point: float, lo: float, hi: float) -> str:
+    return f"{point:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def compare(cosine: dict[str, dict[str, Any]], wsd: dict[str, dict[str, Any]]) -> str:
+    both = sorted(set(cosine) & set(wsd))
+    if len(both) < 5:
+        return f"only {len(both)} architectures in both tables: too few to compare"
+    rng = np.random.default_rng(0)
+    steps = sorted(set.intersection(*({p["step"] for p in wsd[h]["points"]} for h in both))
+                   & {p["step"] for p in cosine[both[0]]["points"]})
+    final = steps[-1]
+    tokens = {p["step"]: p["tokens"] for p in wsd[both[0]]["points"]}
+    cos_final = np.array([_at(cosine[h], final) for h in both])
+    wsd_final = np.array([_at(wsd[h], final) for h in both])
+    rows = []
+    for step in steps[:-1]:
+        cos = np.array([_at(cosine[h], step) for h in both])
+        w = np.array([_at(wsd[h], step) for h in both])
+        rows.append([f"{tokens[step]:,}", _interval(*boot(cos, cos_final, _rho, rng)),
+                     _interval(*boot(w, wsd_final, _rho, rng)),
+                     _interval(*_paired(w, wsd_final, cos, cos_final, rng))])
+    table = markdown_table(["rung ends at (tokens)", "cosine: rho(rung, final)", "wsd: rho(rung, final)",
+                            "wsd - cosine (paired)"], rows)
+    cost = {name: statistics.median(sum(p["call_seconds"] for p in t[h]["points"]) for h in both)
+            for name, t in (("cosine", cosine), ("wsd", wsd))}
+    finals = _interval(*boot(wsd_final, cos_final, _rho, rng))
+    return (f"{len(both)} architectures in both tables; final = {tokens[final]:,} tokens\n\n{table}\n\n"
+            f"- rho(wsd final, cosine final) = {finals}\n"
+            f"- mean final loss: cosine {cos_final.mean():.4f}, wsd {wsd_final.mean():.4f} "
+            f"(wsd lower for {int(np.sum(wsd_final < cos_final))} of {len(both)})\n"
+            f"- median training seconds per architecture (every rung call, branches included): "
+            f"cosine {cost['cosine']:.1f}, wsd {cost['wsd']:.1f}")
+
+
+def _paired(w: np.ndarray, w_final: np.ndarray, c: np.ndarray, c_final: np.ndarray,
+            rng: np.random.Generator) -> tuple[float, float, float]:
+    """rho(w, w_final) - rho(c, c_final) with a paired bootstrap over architectures."""
+    point = _rho(w, w_final) - _rho(c, c_final)
+    stats = []
+    for _ in range(_RESAMPLES["n"]):
+        i = rng.integers(0, len(w), len(w))
+        s = _rho(w[i], w_final[i]) - _rho(c[i], c_final[i])
+        if np.isfinite(s):
+            stats.append(s)
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return point, lo, hi
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cosine", default="tabular")
+    parser.add_argument("--wsd", default="tabular_wsd")
+    add_smoke_flag(parser)
+    args = parser.parse_args()
+    if args.smoke:
+        _RESAMPLES["n"] = 50
+    print(compare(_rows(args.cosine), _rows(args.wsd)))
+
+
+if __name__ == "__main__":
+    main()
