@@ -1,11 +1,11 @@
 """Learning-rate schedules of the proxy run, and the cooldown branch that scores a WSD rung.
 
-Why WSD as an option: under cosine to the end of the budget, a rung early in the run is
-scored at a high rate (or inside the warm-up), where the loss orders shapes by how fast they
-start rather than where they finish (BENCHMARKS.md, item 4: rho 0.45 at the default first
-rung). Warmup-stable-decay keeps the rate flat, so any rung can be scored as if its run ended
-there by a short decay on a branch (Hägele et al. 2024, "Scaling Laws and Compute-Optimal
-Training Beyond Fixed Training Durations"), at ``cooldown_frac`` x the rung's steps more.
+Cosine to the end of the budget is the default. Warmup-stable-decay keeps the rate flat, so a
+rung can be scored as if its run ended there by a short decay on a branch (Hägele et al.
+2024), at ``cooldown_frac`` x the rung's steps more. It was built to fix early rungs that rank
+poorly under cosine, and measured not to (BENCHMARKS.md, "The rung schedule": the early rungs
+sit in the warm-up under both schedules), though it ends ~0.08 nats lower at the same budget;
+so it stays an option (``budget.schedule: wsd``), not the default.
 """
 
 from __future__ import annotations
