@@ -120,6 +120,8 @@ def main() -> None:
     ap.add_argument("--status", action="store_true", help="print progress and exit")
     ap.add_argument("--schedule", default=None, choices=["cosine", "wsd"],
                     help="the budget's learning-rate schedule (default: the space's)")
+    ap.add_argument("--warmup-frac", type=float, default=None,
+                    help="the budget's warm-up fraction (default: the space's)")
     ap.add_argument("--no-latency", action="store_true",
                     help="skip the shape step (a rank-correlation study; a replay needs latency)")
     add_smoke_flag(ap)
@@ -153,6 +155,8 @@ def main() -> None:
     budget = dataclasses.replace(space.budget, max_seconds=None)  # a loaded machine must not cut a row
     if args.schedule:
         budget = dataclasses.replace(budget, schedule=args.schedule)
+    if args.warmup_frac is not None:
+        budget = dataclasses.replace(budget, warmup_frac=args.warmup_frac)
     archs = table_order(space)
     path = table_path(args.table)
     done = {r["hash"] for r in read_jsonl(path)}
@@ -192,7 +196,7 @@ def evaluate(i: int, arch: Architecture, space: SearchSpace, budget: Any, data: 
     row: dict[str, Any] = {"i": i, "hash": arch.hash, "arch": arch.to_dict(), "params": arch.n_params,
                            "space": space.name, "space_hash": space.hash, "matmul_flops_ref": ref,
                            "loadavg": os.getloadavg()[0], "budget_tokens": budget.tokens,
-                           "schedule": budget.schedule}
+                           "schedule": budget.schedule, "warmup_frac": budget.warmup_frac}
     if shape is not None and not shape.ok:
         row.update(status="failed", error=shape.error, val_loss=float("inf"), points=[],
                    train_seconds=0.0, seconds={"ref": t1 - t0, "export": t2 - t1, "total": t2 - t0})

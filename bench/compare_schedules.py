@@ -1,5 +1,5 @@
 """Issue 14, the rung schedule: do rung losses rank like the full-budget loss under cosine and
-under warmup-stable-decay with a cooldown branch per rung?
+under another schedule (warmup-stable-decay with a cooldown branch per rung, a shorter warm-up)?
 
 Reads two tables `bench.collect_tabular` wrote for the same space: the cosine one (the item-4
 table, ``tabular``) and one trained with ``--schedule wsd`` (``tabular_wsd``; a partial table is
@@ -9,7 +9,7 @@ interval over architectures and the paired interval of the difference (wsd - cos
 rho between the two schedules' final losses, their mean final loss, and what a row's training
 cost (the branches included).
 
-    python -m bench.compare_schedules [--cosine tabular] [--wsd tabular_wsd]
+    python -m bench.compare_schedules [--base tabular] [--other tabular_wsd]
     python -m bench.compare_schedules --smoke    # the committed rows, 50 resamples
 """
 
@@ -38,35 +38,36 @@ def _interval(point: float, lo: float, hi: float) -> str:
     return f"{point:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
-def compare(cosine: dict[str, dict[str, Any]], wsd: dict[str, dict[str, Any]]) -> str:
-    both = sorted(set(cosine) & set(wsd))
+def compare(base_name: str, base: dict[str, dict[str, Any]], other_name: str,
+            other: dict[str, dict[str, Any]]) -> str:
+    both = sorted(set(base) & set(other))
     if len(both) < 5:
         return f"only {len(both)} architectures in both tables: too few to compare"
     rng = np.random.default_rng(0)
-    steps = sorted(set.intersection(*({p["step"] for p in wsd[h]["points"]} for h in both))
-                   & {p["step"] for p in cosine[both[0]]["points"]})
+    steps = sorted(set.intersection(*({p["step"] for p in other[h]["points"]} for h in both))
+                   & {p["step"] for p in base[both[0]]["points"]})
     final = steps[-1]
-    tokens = {p["step"]: p["tokens"] for p in wsd[both[0]]["points"]}
-    cos_final = np.array([_at(cosine[h], final) for h in both])
-    wsd_final = np.array([_at(wsd[h], final) for h in both])
+    tokens = {p["step"]: p["tokens"] for p in other[both[0]]["points"]}
+    base_final = np.array([_at(base[h], final) for h in both])
+    other_final = np.array([_at(other[h], final) for h in both])
     rows = []
     for step in steps[:-1]:
-        cos = np.array([_at(cosine[h], step) for h in both])
-        w = np.array([_at(wsd[h], step) for h in both])
-        rows.append([f"{tokens[step]:,}", _interval(*boot(cos, cos_final, _rho, rng)),
-                     _interval(*boot(w, wsd_final, _rho, rng)),
-                     _interval(*_paired(w, wsd_final, cos, cos_final, rng))])
-    table = markdown_table(["rung ends at (tokens)", "cosine: rho(rung, final)", "wsd: rho(rung, final)",
-                            "wsd - cosine (paired)"], rows)
-    cost = {name: statistics.median(sum(p["call_seconds"] for p in t[h]["points"]) for h in both)
-            for name, t in (("cosine", cosine), ("wsd", wsd))}
-    finals = _interval(*boot(wsd_final, cos_final, _rho, rng))
+        b = np.array([_at(base[h], step) for h in both])
+        o = np.array([_at(other[h], step) for h in both])
+        rows.append([f"{tokens[step]:,}", _interval(*boot(b, base_final, _rho, rng)),
+                     _interval(*boot(o, other_final, _rho, rng)),
+                     _interval(*_paired(o, other_final, b, base_final, rng))])
+    table = markdown_table(["rung ends at (tokens)", f"{base_name}: rho(rung, final)",
+                            f"{other_name}: rho(rung, final)", f"{other_name} - {base_name} (paired)"], rows)
+    cost = [statistics.median(sum(p["call_seconds"] for p in t[h]["points"]) for h in both)
+            for t in (base, other)]
+    finals = _interval(*boot(other_final, base_final, _rho, rng))
     return (f"{len(both)} architectures in both tables; final = {tokens[final]:,} tokens\n\n{table}\n\n"
-            f"- rho(wsd final, cosine final) = {finals}\n"
-            f"- mean final loss: cosine {cos_final.mean():.4f}, wsd {wsd_final.mean():.4f} "
-            f"(wsd lower for {int(np.sum(wsd_final < cos_final))} of {len(both)})\n"
+            f"- rho({other_name} final, {base_name} final) = {finals}\n"
+            f"- mean final loss: {base_name} {base_final.mean():.4f}, {other_name} {other_final.mean():.4f} "
+            f"({other_name} lower for {int(np.sum(other_final < base_final))} of {len(both)})\n"
             f"- median training seconds per architecture (every rung call, branches included): "
-            f"cosine {cost['cosine']:.1f}, wsd {cost['wsd']:.1f}")
+            f"{base_name} {cost[0]:.1f}, {other_name} {cost[1]:.1f}")
 
 
 def _paired(w: np.ndarray, w_final: np.ndarray, c: np.ndarray, c_final: np.ndarray,
@@ -85,13 +86,13 @@ def _paired(w: np.ndarray, w_final: np.ndarray, c: np.ndarray, c_final: np.ndarr
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cosine", default="tabular")
-    parser.add_argument("--wsd", default="tabular_wsd")
+    parser.add_argument("--base", default="tabular", help="the reference table (cosine)")
+    parser.add_argument("--other", default="tabular_wsd", help="the table trained otherwise")
     add_smoke_flag(parser)
     args = parser.parse_args()
     if args.smoke:
         _RESAMPLES["n"] = 50
-    print(compare(_rows(args.cosine), _rows(args.wsd)))
+    print(compare(args.base, _rows(args.base), args.other, _rows(args.other)))
 
 
 if __name__ == "__main__":
