@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundations", ("nas.architecture", "nas.errors", "nas.results", "nas.specs", "nas.objectives",
                      "nas.pareto", "nas.hardware", "nas.builtin", "nas.onnx_io", "nas.affinity",
                      "nas.names", "nas.dates", "nas.terminal", "nas.util", "nas.states", "nas.fidelity",
-                     "nas.tokenizer", "nas.hf_config", "nas.derivation")),
+                     "nas.tokenizer", "nas.hf_config", "nas.derivation", "nas.schedule")),
     ("space", ("nas.space",)),
     ("workers", ("nas.data", "nas.model", "nas.proxy", "nas.onnx_export", "nas.latency",
                  "nas.evaluate", "nas.checkpoint", "nas.derive", "nas.distill", "nas.parent",
