@@ -124,27 +124,12 @@ def table_path(name: str) -> Path:
     return results_dir(STUDY) / f"{name}.jsonl"
 
 
-LATENCY_FROM = "+latency:"  # "tabular_wsd+latency:tabular": losses of one table, latency of another
-
-
 def load_table(name: str, space: SearchSpace) -> Table:
-    """The table ``name``; ``LOSSES+latency:OTHER`` takes each row's measured latency from the
-    table OTHER (latency depends on shape, not training: a table trained under another schedule
-    with ``collect_tabular --no-latency`` reuses the first table's timings)."""
     from nas.pareto import hypervolume, reference_point
 
-    name, _, latency_from = name.partition(LATENCY_FROM)
     rows = {}
     for r in read_jsonl(table_path(name)):
         rows.setdefault(r["hash"], r)
-    if latency_from:
-        timed = {r["hash"]: r for r in read_jsonl(table_path(latency_from))}
-        keys = ("decode_ms", "prefill_ms", "decode_cv", "prefill_cv", "profile")
-        rows = {h: {**r, **{k: timed[h][k] for k in keys if k in timed.get(h, {})},
-                    # the shape step's time too: it orders arrivals in a replay
-                    "seconds": {**r["seconds"], **{k: timed[h]["seconds"][k] for k in ("export", "latency")
-                                                   if h in timed and k in timed[h]["seconds"]}}}
-                for h, r in rows.items()}
     listed = space.distinct_architectures() or []
     missing = [a for a in listed if a.hash not in rows]
     if missing:

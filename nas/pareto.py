@@ -173,14 +173,19 @@ def _first_front_mask(loss: np.ndarray) -> np.ndarray:
         mask = np.zeros(n, dtype=bool)
         mask[_fronts(loss)[0]] = True
         return mask
-    dominated = np.zeros(n, dtype=bool)
+    return ~_dominated_by_any(loss, loss)
+
+
+def _dominated_by_any(dominators: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Mask over ``points`` (loss rows): dominated by at least one of ``dominators``. Chunked
+    over the dominators, so no len(dominators) x len(points) x m array is ever whole."""
+    n, m = points.shape
+    hit = np.zeros(n, dtype=bool)
     step = max(1, _CHUNK_ELEMENTS // max(1, n * m))
-    for start in range(0, n, step):  # chunk over the dominated side: no n x n matrix
-        block = loss[None, start:start + step, :]
-        dominated[start:start + step] = np.any(
-            np.all(loss[:, None, :] <= block, axis=2) & np.any(loss[:, None, :] < block, axis=2),
-            axis=0)
-    return ~dominated
+    for start in range(0, dominators.shape[0], step):
+        block = dominators[start:start + step, None, :]
+        hit |= (np.all(block <= points[None], axis=2) & np.any(block < points[None], axis=2)).any(axis=0)
+    return hit
 
 
 def non_dominated_sort(values: Any, directions: DirectionsLike, feasible: Any = None,
@@ -335,20 +340,10 @@ class GrowingFronts:
             candidates = dominated[old == level]
             if not candidates.size:
                 break
-            moved = candidates[self._dominated_by_any(moved, candidates)]
+            moved = candidates[_dominated_by_any(self._columns[:, moved].T, self._columns[:, candidates].T)]
             lowered.append(moved)
             level += 1
         self._rank[np.concatenate(lowered)] += 1
-
-    def _dominated_by_any(self, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """Mask over ``candidates``: dominated by at least one of ``rows`` (held points)."""
-        m = self._columns.shape[0]
-        points, hit = self._columns[:, candidates].T[None], np.zeros(candidates.size, dtype=bool)
-        step = max(1, _CHUNK_ELEMENTS // max(1, candidates.size * m))
-        for start in range(0, rows.size, step):
-            block = self._columns[:, rows[start:start + step]].T[:, None, :]
-            hit |= (np.all(block <= points, axis=2) & np.any(block < points, axis=2)).any(axis=0)
-        return hit
 
 
 def crowding_distance(values: Any, directions: DirectionsLike) -> np.ndarray:
