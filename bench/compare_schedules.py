@@ -5,7 +5,7 @@ Reads two tables `bench.collect_tabular` wrote for the same space: the cosine on
 table, ``tabular``) and one trained with ``--schedule wsd`` (``tabular_wsd``; a partial table is
 a uniform sample, so the architectures both hold are compared). For each rung point both hold:
 Spearman rho between the rung's loss and the same run's full-budget loss, with a 95% bootstrap
-interval over architectures and the paired interval of the difference (wsd - cosine). Also
+interval over architectures and the paired interval of the difference (other - base). Also
 rho between the two schedules' final losses, their mean final loss, and what a row's training
 cost (the branches included).
 
@@ -70,18 +70,14 @@ def compare(base_name: str, base: dict[str, dict[str, Any]], other_name: str,
             f"{base_name} {cost[0]:.1f}, {other_name} {cost[1]:.1f}")
 
 
-def _paired(w: np.ndarray, w_final: np.ndarray, c: np.ndarray, c_final: np.ndarray,
+def _paired(o: np.ndarray, o_final: np.ndarray, b: np.ndarray, b_final: np.ndarray,
             rng: np.random.Generator) -> tuple[float, float, float]:
-    """rho(w, w_final) - rho(c, c_final) with a paired bootstrap over architectures."""
-    point = _rho(w, w_final) - _rho(c, c_final)
-    stats = []
-    for _ in range(_RESAMPLES["n"]):
-        i = rng.integers(0, len(w), len(w))
-        s = _rho(w[i], w_final[i]) - _rho(c[i], c_final[i])
-        if np.isfinite(s):
-            stats.append(s)
-    lo, hi = np.percentile(stats, [2.5, 97.5])
-    return point, lo, hi
+    """rho(o, o_final) - rho(b, b_final), bootstrapped over architectures (`boot`, with both
+    tables' columns side by side so one resample draws the same architectures for both)."""
+    def difference(rungs: np.ndarray, finals: np.ndarray) -> float:
+        return _rho(rungs[:, 0], finals[:, 0]) - _rho(rungs[:, 1], finals[:, 1])
+
+    return boot(np.column_stack([o, b]), np.column_stack([o_final, b_final]), difference, rng)
 
 
 def main() -> None:

@@ -3,9 +3,9 @@
 Cosine to the end of the budget is the default. Warmup-stable-decay keeps the rate flat, so a
 rung can be scored as if its run ended there by a short decay on a branch (Hägele et al.
 2024), at ``cooldown_frac`` x the rung's steps more. It was built to fix early rungs that rank
-poorly under cosine, and measured not to (BENCHMARKS.md, "The rung schedule": the early rungs
-sit in the warm-up under both schedules), though it ends ~0.08 nats lower at the same budget;
-so it stays an option (``budget.schedule: wsd``), not the default.
+poorly under cosine, and measured not to (BENCHMARKS.md, "The rung schedule": 15-60k tokens
+rank alike under both, and a shorter warm-up does not help either), though it ends ~0.08 nats
+lower at the same budget; so it stays an option (``budget.schedule: wsd``), not the default.
 """
 
 from __future__ import annotations
